@@ -1,0 +1,105 @@
+// Command twillctl shows what the local twilld is doing: this host's lease,
+// every host's lease, peers and their counters, Docker networks and endpoints.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/twill-net/twill/internal/control"
+)
+
+const usage = `usage: twillctl [--socket PATH] [--json] COMMAND
+
+commands:
+  status      this host: subnets, lease expiry, etcd health, MTU, offloads, uptime
+  leases      every host's subnet, public IP and expiry (flanneld hosts marked)
+  peers       per peer: packets and bytes in and out, last seen; drops by reason
+  networks    twill's Docker networks on this host
+  endpoints   twill's container interfaces on this host
+  leave       give this host's leases back (decommissioning)
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("twillctl", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, usage) }
+	def := os.Getenv("TWILL_CONTROL_SOCKET")
+	if def == "" {
+		dir := os.Getenv("TWILL_STATE_DIR")
+		if dir == "" {
+			dir = "/var/lib/twill"
+		}
+		def = filepath.Join(dir, "twill-ctl.sock")
+	}
+	sock := fs.String("socket", def, "twilld's control socket (env TWILL_CONTROL_SOCKET)")
+	asJSON := fs.Bool("json", false, "print JSON instead of a table")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() != 1 {
+		fs.Usage()
+		return 2
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	c := control.NewClient(*sock)
+	cmd := fs.Arg(0)
+	if err := command(ctx, c, cmd, *asJSON, stdout); err != nil {
+		fmt.Fprintf(stderr, "twillctl %s: %v\n", cmd, err)
+		return 1
+	}
+	return 0
+}
+
+var errUnknown = errors.New("unknown command (see twillctl -h)")
+
+func command(ctx context.Context, c *control.Client, cmd string, asJSON bool, w io.Writer) error {
+	var v any
+	var table func(io.Writer, any)
+	switch cmd {
+	case "status":
+		v, table = &control.Status{}, func(w io.Writer, v any) { printStatus(w, v.(*control.Status)) }
+	case "leases":
+		v, table = &[]control.Lease{}, func(w io.Writer, v any) { printLeases(w, *v.(*[]control.Lease)) }
+	case "peers":
+		v, table = &control.Peers{}, func(w io.Writer, v any) { printPeers(w, v.(*control.Peers)) }
+	case "networks":
+		v, table = &[]control.Network{}, func(w io.Writer, v any) { printNetworks(w, *v.(*[]control.Network)) }
+	case "endpoints":
+		v, table = &[]control.Endpoint{}, func(w io.Writer, v any) { printEndpoints(w, *v.(*[]control.Endpoint)) }
+	case "leave":
+		if err := c.Leave(ctx); err != nil {
+			return err
+		}
+		if asJSON {
+			fmt.Fprintln(w, `{"result":"left"}`)
+		} else {
+			fmt.Fprintln(w, "left: this host's leases are revoked; stop twilld (or disable the plugin) before it takes a new one")
+		}
+		return nil
+	default:
+		return fmt.Errorf("%q: %w", cmd, errUnknown)
+	}
+	if err := c.Get(ctx, cmd, v); err != nil {
+		return err
+	}
+	if asJSON {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	}
+	table(w, v)
+	return nil
+}

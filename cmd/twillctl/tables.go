@@ -1,0 +1,119 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/twill-net/twill/internal/control"
+)
+
+func newTab(w io.Writer) *tabwriter.Writer { return tabwriter.NewWriter(w, 0, 4, 2, ' ', 0) }
+
+func printStatus(w io.Writer, s *control.Status) {
+	t := newTab(w)
+	fmt.Fprintf(t, "host\t%s\n", s.Hostname)
+	fmt.Fprintf(t, "public ip\t%s:%d (underlay %s)\n", s.PublicIP, s.Port, s.Underlay)
+	fmt.Fprintf(t, "mtu\t%d\n", s.MTU)
+	fmt.Fprintf(t, "offload\t%s\n", s.Offload)
+	health := "healthy"
+	if !s.EtcdHealthy {
+		health = "UNREACHABLE: " + s.EtcdError
+	}
+	fmt.Fprintf(t, "etcd\t%s (%s)\n", s.Etcd, health)
+	fmt.Fprintf(t, "uptime\t%s\n", (time.Duration(s.UptimeSecond) * time.Second).String())
+	for _, o := range s.Overlays {
+		def := ""
+		if o.Default {
+			def = " (default)"
+		}
+		fmt.Fprintf(t, "overlay %s%s\tsubnet %s, lease expires in %s\n", o.Network, def, o.Subnet, until(o.Expiry))
+	}
+	t.Flush()
+}
+
+func until(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return time.Until(t).Round(time.Minute).String()
+}
+
+func printLeases(w io.Writer, ls []control.Lease) {
+	sort.Slice(ls, func(i, j int) bool {
+		if ls[i].Network != ls[j].Network {
+			return ls[i].Network < ls[j].Network
+		}
+		return ls[i].Subnet < ls[j].Subnet
+	})
+	t := newTab(w)
+	fmt.Fprintln(t, "NETWORK\tSUBNET\tPUBLIC IP\tBACKEND\tEXPIRES IN\tHOST")
+	for _, l := range ls {
+		host := "twill"
+		if l.Flanneld {
+			host = "flanneld"
+		}
+		if l.Self {
+			host += " (this host)"
+		}
+		be := l.BackendType
+		if be == "" {
+			be = "udp"
+		}
+		fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%s\t%s\n", l.Network, l.Subnet, l.PublicIP, be, until(l.Expiry), host)
+	}
+	t.Flush()
+}
+
+func printPeers(w io.Writer, p *control.Peers) {
+	t := newTab(w)
+	fmt.Fprintln(t, "SUBNET\tPEER\tPKTS IN\tPKTS OUT\tBYTES IN\tBYTES OUT\tLAST SEEN")
+	for _, x := range p.Peers {
+		seen := "never"
+		if !x.LastSeen.IsZero() {
+			seen = time.Since(x.LastSeen).Round(time.Second).String() + " ago"
+		}
+		fmt.Fprintf(t, "%s\t%s\t%d\t%d\t%d\t%d\t%s\n", x.Subnet, x.Addr, x.PacketsIn, x.PacketsOut, x.BytesIn, x.BytesOut, seen)
+	}
+	t.Flush()
+	if len(p.Drops) > 0 {
+		keys := make([]string, 0, len(p.Drops))
+		for k := range p.Drops {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		parts := make([]string, len(keys))
+		for i, k := range keys {
+			parts[i] = fmt.Sprintf("%s=%d", k, p.Drops[k])
+		}
+		fmt.Fprintf(w, "drops: %s\n", strings.Join(parts, " "))
+	}
+}
+
+func printNetworks(w io.Writer, ns []control.Network) {
+	t := newTab(w)
+	fmt.Fprintln(t, "NETWORK ID\tBRIDGE\tOVERLAY\tSUBNET\tGATEWAY\tMTU\tINTERNAL\tENDPOINTS")
+	for _, n := range ns {
+		fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%s\t%d\t%v\t%d\n", short(n.ID), n.Bridge, n.Overlay, n.Subnet, n.Gateway, n.MTU, n.Internal, n.Endpoints)
+	}
+	t.Flush()
+}
+
+func printEndpoints(w io.Writer, es []control.Endpoint) {
+	t := newTab(w)
+	fmt.Fprintln(t, "ENDPOINT ID\tNETWORK ID\tADDRESS\tMAC\tVETH")
+	for _, e := range es {
+		fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%s\n", short(e.ID), short(e.Network), e.Address, e.MAC, e.Veth)
+	}
+	t.Flush()
+}
+
+func short(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}

@@ -1,0 +1,215 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// config is twilld's settings, parsed and validated once. Every setting is an
+// environment variable (what `docker plugin set` changes) and a flag; the flag wins.
+type config struct {
+	EtcdEndpoints []string
+	EtcdPrefix    string
+	EtcdCAFile    string
+	EtcdCertFile  string
+	EtcdKeyFile   string
+
+	Iface    string     // underlay interface name or address; empty = the default route's
+	PublicIP netip.Addr // address peers send UDP to; invalid = the address of Iface
+	Network  netip.Prefix
+	Port     uint16
+	MTU      int // 0 = underlay MTU - 28
+	Offload  string
+
+	StateDir      string
+	SubnetEnv     string
+	ControlSocket string
+	MetricsAddr   string
+	PluginDir     string
+	LogLevel      slog.Level
+	LogFormat     string
+}
+
+// setting is one row of the settings table: its env name, flag name, default
+// and help text.
+type setting struct {
+	env, flag, def, help string
+}
+
+var settings = []setting{
+	{"ETCD_ENDPOINTS", "etcd-endpoints", "", "comma-separated etcd URLs; empty starts an embedded etcd on 127.0.0.1"},
+	{"ETCD_PREFIX", "etcd-prefix", "/coreos.com/network", "etcd key prefix (flannel's default)"},
+	{"ETCD_CAFILE", "etcd-cafile", "", "CA certificate for TLS to etcd"},
+	{"ETCD_CERTFILE", "etcd-certfile", "", "client certificate for TLS to etcd"},
+	{"ETCD_KEYFILE", "etcd-keyfile", "", "client key for TLS to etcd"},
+	{"TWILL_IFACE", "iface", "", "underlay interface (name or IP); empty = the default route's interface"},
+	{"TWILL_PUBLIC_IP", "public-ip", "", "address peers send UDP to; empty = the address of --iface"},
+	{"TWILL_NETWORK", "network", "10.96.0.0/16", "overlay written to <prefix>/config when none exists"},
+	{"TWILL_PORT", "port", "8285", "UDP port of the tunnel (flannel udp backend's)"},
+	{"TWILL_MTU", "mtu", "", "TUN, bridge and veth MTU; empty = underlay MTU - 28"},
+	{"TWILL_OFFLOAD", "offload", "auto", "datapath offloads: auto (TSO/GRO + UDP GSO/GRO when the kernel has them) or off"},
+	{"TWILL_STATE_DIR", "state-dir", "/var/lib/twill", "persisted state (allocations, endpoints, embedded etcd)"},
+	{"TWILL_SUBNET_ENV", "subnet-env", "/run/flannel/subnet.env", "where to write flannel's subnet.env; empty = do not write"},
+	{"TWILL_CONTROL_SOCKET", "control-socket", "", "twillctl's socket; empty = <state-dir>/twill-ctl.sock"},
+	{"TWILL_METRICS_ADDR", "metrics-addr", "127.0.0.1:9586", "Prometheus /metrics listen address; empty = off"},
+	{"TWILL_LOG_LEVEL", "log-level", "info", "debug, info, warn or error"},
+	{"TWILL_LOG_FORMAT", "log-format", "auto", "text, json, or auto (text on a terminal, JSON otherwise)"},
+	{"", "plugin-dir", "/run/docker/plugins", "where twill.sock is created"},
+}
+
+// parseConfig reads settings from args (flags) and env (a lookup such as
+// os.LookupEnv); a flag that is given wins over the environment.
+func parseConfig(args []string, env func(string) (string, bool), usage io.Writer) (config, error) {
+	fs := flag.NewFlagSet("twilld", flag.ContinueOnError)
+	fs.SetOutput(usage)
+	vals := make(map[string]*string, len(settings))
+	for _, s := range settings {
+		def := s.def
+		help := s.help
+		if s.env != "" {
+			help += " (env " + s.env + ")"
+		}
+		vals[s.flag] = fs.String(s.flag, def, help)
+	}
+	if err := fs.Parse(args); err != nil {
+		return config{}, err
+	}
+	if fs.NArg() > 0 {
+		return config{}, fmt.Errorf("unexpected argument %q: twilld takes only flags (see -h)", fs.Arg(0))
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+
+	// value returns the flag when given, else the env when set, else the default.
+	value := func(s setting) string {
+		if given[s.flag] {
+			return *vals[s.flag]
+		}
+		if s.env != "" {
+			if v, ok := env(s.env); ok {
+				return strings.TrimSpace(v)
+			}
+		}
+		return s.def
+	}
+	get := map[string]string{}
+	name := map[string]string{}
+	for _, s := range settings {
+		get[s.flag] = value(s)
+		name[s.flag] = "--" + s.flag
+		if s.env != "" {
+			name[s.flag] = s.env + " (--" + s.flag + ")"
+		}
+	}
+
+	var c config
+	var errs []error
+	bad := func(flag, format string, a ...any) {
+		errs = append(errs, fmt.Errorf("%s=%q: %s", name[flag], get[flag], fmt.Sprintf(format, a...)))
+	}
+
+	for _, e := range strings.Split(get["etcd-endpoints"], ",") {
+		e = strings.TrimSpace(e)
+		if e == "" {
+			continue
+		}
+		if !strings.HasPrefix(e, "http://") && !strings.HasPrefix(e, "https://") {
+			bad("etcd-endpoints", "endpoint %q needs a scheme, e.g. http://10.0.0.5:2379", e)
+			continue
+		}
+		c.EtcdEndpoints = append(c.EtcdEndpoints, e)
+	}
+	c.EtcdPrefix = strings.TrimRight(get["etcd-prefix"], "/")
+	if !strings.HasPrefix(c.EtcdPrefix, "/") {
+		bad("etcd-prefix", "must start with /, e.g. /coreos.com/network")
+	}
+	c.EtcdCAFile, c.EtcdCertFile, c.EtcdKeyFile = get["etcd-cafile"], get["etcd-certfile"], get["etcd-keyfile"]
+	if (c.EtcdCertFile == "") != (c.EtcdKeyFile == "") {
+		bad("etcd-certfile", "ETCD_CERTFILE and ETCD_KEYFILE go together; set both or neither")
+	}
+	if len(c.EtcdEndpoints) == 0 && (c.EtcdCAFile != "" || c.EtcdCertFile != "") {
+		bad("etcd-endpoints", "TLS files are set but no endpoints; the embedded etcd has no TLS")
+	}
+
+	c.Iface = get["iface"]
+	if v := get["public-ip"]; v != "" {
+		a, err := netip.ParseAddr(v)
+		if err != nil || !a.Is4() {
+			bad("public-ip", "not an IPv4 address")
+		}
+		c.PublicIP = a
+	}
+	n, err := netip.ParsePrefix(get["network"])
+	switch {
+	case err != nil:
+		bad("network", "not a prefix such as 10.96.0.0/16")
+	case !n.Addr().Is4():
+		bad("network", "twill overlays are IPv4")
+	case n != n.Masked():
+		bad("network", "host bits set; did you mean %s?", n.Masked())
+	case n.Bits() > 22:
+		bad("network", "too small: an overlay needs room for several /24 host subnets (use /22 or larger, e.g. /16)")
+	}
+	c.Network = n
+	if p, err := strconv.ParseUint(get["port"], 10, 16); err != nil || p == 0 {
+		bad("port", "not a UDP port number (1-65535)")
+	} else {
+		c.Port = uint16(p)
+	}
+	if v := get["mtu"]; v != "" {
+		m, err := strconv.Atoi(v)
+		if err != nil || m < 576 || m > 65507 {
+			bad("mtu", "not an MTU between 576 and 65507 (leave it empty for underlay MTU - 28)")
+		}
+		c.MTU = m
+	}
+	switch c.Offload = get["offload"]; c.Offload {
+	case "auto", "off":
+	default:
+		bad("offload", "want auto or off")
+	}
+	c.StateDir = get["state-dir"]
+	if !filepath.IsAbs(c.StateDir) {
+		bad("state-dir", "must be an absolute path")
+	}
+	c.SubnetEnv = get["subnet-env"]
+	c.ControlSocket = get["control-socket"]
+	if c.ControlSocket == "" {
+		c.ControlSocket = filepath.Join(c.StateDir, "twill-ctl.sock")
+	}
+	c.MetricsAddr = get["metrics-addr"]
+	if c.MetricsAddr != "" {
+		if _, err := netip.ParseAddrPort(c.MetricsAddr); err != nil {
+			bad("metrics-addr", "want IP:PORT such as 127.0.0.1:9586, or empty to turn metrics off")
+		}
+	}
+	c.PluginDir = get["plugin-dir"]
+	if err := c.LogLevel.UnmarshalText([]byte(get["log-level"])); err != nil {
+		bad("log-level", "want debug, info, warn or error")
+	}
+	switch c.LogFormat = get["log-format"]; c.LogFormat {
+	case "auto", "text", "json":
+	default:
+		bad("log-format", "want text, json or auto")
+	}
+	if len(errs) > 0 {
+		return config{}, fmt.Errorf("bad settings:\n  %w", joinLines(errs))
+	}
+	return c, nil
+}
+
+// joinLines joins errors one per line, indented, for a readable start-up failure.
+func joinLines(errs []error) error {
+	msgs := make([]string, len(errs))
+	for i, e := range errs {
+		msgs[i] = e.Error()
+	}
+	return errors.New(strings.Join(msgs, "\n  "))
+}
