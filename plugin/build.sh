@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# build.sh: builds twill's managed-plugin bundle (config.json + rootfs) and,
+# unless --bundle-only, creates it as a Docker plugin and enables it.
+#
+#   plugin/build.sh [--bundle-only] [--no-enable] [--name twill:latest] [KEY=VALUE ...]
+#
+# Env: DOCKER_HOST (which daemon), PLUGIN_NAME (default twill:latest),
+# TWILLD_BIN / TWILLCTL_BIN (use prebuilt static binaries instead of building),
+# BUNDLE (output dir, default plugin/build/bundle). KEY=VALUE arguments are passed
+# to `docker plugin set` before enabling (e.g. ETCD_ENDPOINTS=http://10.0.0.5:2379).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=../scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
+
+NAME=${PLUGIN_NAME:-twill:latest}
+BUNDLE=${BUNDLE:-$ROOT/plugin/build/bundle}
+CREATE=1 ENABLE=1 SETTINGS=()
+while [ $# -gt 0 ]; do
+	case $1 in
+	--bundle-only) CREATE=0 ;;
+	--no-enable) ENABLE=0 ;;
+	--name) NAME=$2; shift ;;
+	*=*) SETTINGS+=("$1") ;;
+	-h | --help) sed -n '2,11p' "$0"; exit 0 ;;
+	*) die "unknown argument $1" ;;
+	esac
+	shift
+done
+
+ensure_cmds iptables ldd
+command -v go >/dev/null || [ -n "${TWILLD_BIN:-}" ] || die "go is not installed (needs Go 1.26, see go.mod)"
+
+# 1. static binaries
+mkdir -p "$ROOT/bin"
+if [ -z "${TWILLD_BIN:-}" ]; then
+	say "building static twilld and twillctl"
+	(cd "$ROOT" && CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o bin/twilld ./cmd/twilld &&
+		CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o bin/twillctl ./cmd/twillctl)
+	TWILLD_BIN=$ROOT/bin/twilld TWILLCTL_BIN=$ROOT/bin/twillctl
+fi
+TWILLCTL_BIN=${TWILLCTL_BIN:-$(dirname "$TWILLD_BIN")/twillctl}
+for b in "$TWILLD_BIN" "$TWILLCTL_BIN"; do
+	[ -x "$b" ] || die "$b is missing"
+	if ldd "$b" >/dev/null 2>&1; then die "$b is dynamically linked: build it with CGO_ENABLED=0"; fi
+done
+
+# 2. rootfs
+say "assembling rootfs in $BUNDLE"
+rm -rf "$BUNDLE"
+RFS=$BUNDLE/rootfs
+mkdir -p "$RFS"/{bin,sbin,usr/sbin,etc,tmp,proc,sys,dev/net,run/docker/plugins,var/lib/twill,var/run}
+chmod 1777 "$RFS/tmp"
+install -m 0755 "$TWILLD_BIN" "$RFS/twilld"
+install -m 0755 "$TWILLCTL_BIN" "$RFS/twillctl"
+ln -s ../twillctl "$RFS/bin/twillctl"
+
+# copy_with_libs FILE...: copies each file to the same path in the rootfs, with
+# every shared library ldd names for it (and the files those point to).
+copy_with_libs() {
+	local f lib
+	for f in "$@"; do
+		mkdir -p "$RFS$(dirname "$f")"
+		cp -L "$f" "$RFS$f"
+		for lib in $(ldd "$f" 2>/dev/null | grep -o '/[^ ]*' || true); do
+			[ -e "$RFS$lib" ] && continue
+			mkdir -p "$RFS$(dirname "$lib")"
+			cp -L "$lib" "$RFS$lib"
+		done
+	done
+}
+
+# iptables: the same backend (nft or legacy) the host's `iptables` uses, so the
+# plugin's rules and the host's tools see one rule set.
+multi=$(readlink -f "$(command -v iptables)")
+case $(basename "$multi") in
+xtables-nft-multi | xtables-legacy-multi) ;;
+*) die "iptables resolves to $multi, expected xtables-nft-multi or xtables-legacy-multi" ;;
+esac
+copy_with_libs "$multi"
+for t in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore; do
+	ln -sf "$(basename "$multi")" "$RFS$(dirname "$multi")/$t"
+	[ "$(dirname "$multi")" = /usr/sbin ] || ln -sf "$multi" "$RFS/usr/sbin/$t"
+	ln -sf "../usr/sbin/$t" "$RFS/sbin/$t"
+done
+# match and target extensions are dlopen()ed, ldd cannot see them
+# (at the path compiled into libxtables, which is under /usr even on merged-usr)
+xtdir=$(ls -d /usr/lib/*/xtables /usr/lib64/xtables /usr/lib/xtables 2>/dev/null | head -1 || true)
+[ -n "$xtdir" ] || die "iptables extensions directory not found"
+copy_with_libs "$xtdir"/*.so
+for f in /etc/protocols /etc/services /etc/ethertypes; do [ -e "$f" ] && cp "$f" "$RFS$f"; done
+printf 'root:x:0:0:root:/:/bin/sh\n' >"$RFS/etc/passwd"
+printf 'root:x:0:\n' >"$RFS/etc/group"
+printf 'hosts: files dns\nprotocols: files\nservices: files\n' >"$RFS/etc/nsswitch.conf"
+
+# busybox, for `docker plugin` debugging (nsenter into the plugin); optional
+if command -v busybox >/dev/null && ! ldd "$(command -v busybox)" >/dev/null 2>&1; then
+	cp "$(command -v busybox)" "$RFS/bin/busybox"
+	for a in sh ls cat ps ip ping wget nc; do ln -sf busybox "$RFS/bin/$a"; done
+fi
+
+cp "$ROOT/config.json" "$BUNDLE/config.json"
+# CAP_NET_ADMIN is all twill needs with the nft backend (TUN, links, routes,
+# iptables-nft: tried without it, each fails with EPERM). iptables-legacy also
+# opens a raw socket, so a legacy host needs CAP_NET_RAW too (tried: EPERM).
+if [ "$(basename "$multi")" = xtables-legacy-multi ]; then
+	sed -i 's/"CAP_NET_ADMIN"/"CAP_NET_ADMIN", "CAP_NET_RAW"/' "$BUNDLE/config.json"
+	say "host iptables is legacy: the bundle also asks for CAP_NET_RAW"
+fi
+say "rootfs: $(du -sh "$RFS" | cut -f1), twilld $(du -h "$TWILLD_BIN" | cut -f1)"
+
+[ "$CREATE" = 1 ] || { echo "$BUNDLE"; exit 0; }
+
+# 3. create + enable on the daemon DOCKER_HOST points at
+D=$(docker_bin)
+if $D plugin inspect "$NAME" >/dev/null 2>&1; then
+	say "removing the old $NAME"
+	$D plugin rm -f "$NAME" >/dev/null
+fi
+say "docker plugin create $NAME"
+$D plugin create "$NAME" "$BUNDLE" >/dev/null
+if [ ${#SETTINGS[@]} -gt 0 ]; then
+	$D plugin set "$NAME" "${SETTINGS[@]}"
+fi
+if [ "$ENABLE" = 1 ]; then
+	say "docker plugin enable $NAME"
+	$D plugin enable "$NAME" >/dev/null
+fi
+$D plugin ls

@@ -1,0 +1,57 @@
+# shellcheck shell=bash
+# lib.sh: helpers shared by twill's scripts (sourced, not run).
+
+# say prints a progress line with the seconds since the script started.
+TWE_T0=${TWE_T0:-$(date +%s%N)}
+export TWE_T0
+say() {
+	local ms=$((($(date +%s%N) - TWE_T0) / 1000000))
+	printf '[%4d.%01ds] %s\n' $((ms / 1000)) $((ms % 1000 / 100)) "$*" >&2
+}
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# docker_bin picks the docker CLI that matches Debian's dockerd (20.10, API 1.41)
+# when it is installed, else whatever docker is on PATH.
+docker_bin() {
+	if [ -n "${DOCKER:-}" ]; then echo "$DOCKER"; elif [ -x /usr/bin/docker ]; then echo /usr/bin/docker; else command -v docker; fi
+}
+
+# pkg_for maps a command to the Debian package that ships it.
+pkg_for() {
+	case $1 in
+	docker | dockerd | docker-init) echo docker.io ;;
+	containerd) echo containerd ;;
+	runc) echo runc ;;
+	etcd) echo etcd-server ;;
+	etcdctl) echo etcd-client ;;
+	docker-registry) echo docker-registry ;;
+	busybox) echo busybox-static ;;
+	iperf3) echo iperf3 ;;
+	docker-compose) echo docker-compose ;;
+	iptables | iptables-restore) echo iptables ;;
+	ip | bridge) echo iproute2 ;;
+	nsenter | unshare | setsid | findmnt) echo util-linux ;;
+	sha256sum | timeout) echo coreutils ;;
+	*) echo "$1" ;;
+	esac
+}
+
+# ensure_cmds installs the Debian packages when one of the commands is missing
+# (scripts/install-deps.sh: asks first on a terminal, goes ahead in CI or
+# without a terminal, and keeps the packages from starting daemons).
+ensure_cmds() {
+	local missing=() c
+	for c in "$@"; do
+		command -v "$c" >/dev/null 2>&1 || missing+=("$c")
+	done
+	[ ${#missing[@]} -eq 0 ] && return 0
+	echo "missing commands: ${missing[*]}" >&2
+	local yes=
+	if [ "${CI:-}" = true ] || ! [ -t 0 ]; then yes=--yes; fi
+	bash "$(dirname "${BASH_SOURCE[0]}")/install-deps.sh" $yes || die "installing packages failed"
+	for c in "${missing[@]}"; do
+		command -v "$c" >/dev/null 2>&1 || die "$c is still missing (Debian package: $(pkg_for "$c"))"
+	done
+}
+
+need_root() { [ "$(id -u)" = 0 ] || die "$1 needs root (network namespaces, dockerd)"; }
