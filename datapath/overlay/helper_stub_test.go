@@ -1,0 +1,3 @@
+package overlay
+
+func helperMain() bool { return false }

@@ -1,0 +1,158 @@
+package overlay
+
+import "errors"
+
+// outbound moves packets from the TUN to the peers. All buffers are
+// allocated once; handle allocates nothing.
+type outbound struct {
+	f     *Forwarder
+	vnet  bool
+	buf   []byte    // one TUN read: [vnet header] packet
+	hdrs  []byte    // segment headers, maxHeader bytes each
+	bufs  [][]byte  // gather list: header_i, payload_i
+	msgs  []Message // one sendmmsg batch
+	plain []Message // the same segments one per message, after ErrNoSegmentation
+}
+
+func newOutbound(f *Forwarder) *outbound {
+	return &outbound{
+		f:     f,
+		vnet:  f.tun.VnetHdr(),
+		buf:   make([]byte, vnetHdrLen+maxIPPacket),
+		hdrs:  make([]byte, maxSegments*maxHeader),
+		bufs:  make([][]byte, 2*maxSegments),
+		msgs:  make([]Message, maxSegments),
+		plain: make([]Message, maxSegments),
+	}
+}
+
+func (o *outbound) run() error {
+	for {
+		n, err := o.f.tun.Read(o.buf)
+		if err != nil {
+			return err
+		}
+		o.f.ctr.tunReads.Add(1)
+		o.handle(o.buf[:n])
+	}
+}
+
+// handle forwards one packet read from the TUN.
+func (o *outbound) handle(b []byte) {
+	var h vnetHdr
+	pkt := b
+	if o.vnet {
+		if len(b) < vnetHdrLen {
+			o.f.ctr.drop(reasonTruncated, 1)
+			return
+		}
+		h = parseVnetHdr(b)
+		pkt = b[vnetHdrLen:]
+	}
+	gso := h.gsoType&^vnetGSOECN != vnetGSONone
+	if _, r := ipv4Header(pkt, !gso); r != reasonNone {
+		o.f.ctr.drop(r, 1)
+		return
+	}
+	p, r := o.f.tab.Load().outbound(ipv4Src(pkt), ipv4Dst(pkt))
+	if r != reasonNone {
+		o.f.ctr.drop(r, 1)
+		return
+	}
+	if !gso {
+		if h.flags&vnetFlagNeedCsum != 0 {
+			if r := completeChecksum(pkt, int(h.csumStart), int(h.csumOffset)); r != reasonNone {
+				o.f.ctr.drop(r, 1)
+				return
+			}
+		}
+		o.bufs[0] = pkt
+		o.msgs[0] = Message{Buffers: o.bufs[:1], Addr: p.addr}
+		o.send(p, o.msgs[:1])
+		return
+	}
+	if h.gsoType&^vnetGSOECN != vnetGSOTCPv4 {
+		o.f.ctr.drop(reasonMalformed, 1)
+		return
+	}
+	n, segLen, r := segmentTCPv4(pkt, int(h.gsoSize), o.hdrs, o.bufs)
+	if r != reasonNone {
+		o.f.ctr.drop(r, 1)
+		return
+	}
+	per := 1
+	if o.f.conn.GSO() {
+		per = min(maxGSOSegments, maxGSOBytes/segLen)
+	}
+	m := 0
+	for i := 0; i < n; i += per {
+		k := min(per, n-i)
+		seg := 0
+		if k > 1 {
+			seg = segLen
+		}
+		o.msgs[m] = Message{Buffers: o.bufs[2*i : 2*(i+k)], Addr: p.addr, Segment: seg}
+		m++
+	}
+	o.send(p, o.msgs[:m])
+}
+
+// send writes msgs to peer p and counts them.
+func (o *outbound) send(p *peer, msgs []Message) {
+	for len(msgs) > 0 {
+		n, err := o.f.conn.WriteBatch(msgs)
+		o.f.ctr.udpSends.Add(1)
+		for i := range msgs[:n] {
+			o.count(p, &msgs[i])
+		}
+		msgs = msgs[n:]
+		if err == nil {
+			continue
+		}
+		if errors.Is(err, ErrNoSegmentation) {
+			o.sendPlain(p, msgs)
+			return
+		}
+		if len(msgs) > 0 {
+			o.f.ctr.drop(reasonSendError, uint64(packetsIn(&msgs[0])))
+			msgs = msgs[1:]
+		}
+	}
+}
+
+// sendPlain resends segmented messages one segment per message.
+func (o *outbound) sendPlain(p *peer, msgs []Message) {
+	m := 0
+	for i := range msgs {
+		if msgs[i].Segment == 0 {
+			o.plain[m] = msgs[i]
+			m++
+			continue
+		}
+		b := msgs[i].Buffers
+		for j := 0; j+1 < len(b); j += 2 {
+			o.plain[m] = Message{Buffers: b[j : j+2], Addr: msgs[i].Addr}
+			m++
+		}
+	}
+	o.send(p, o.plain[:m])
+}
+
+func packetsIn(m *Message) int {
+	if m.Segment == 0 {
+		return 1
+	}
+	return len(m.Buffers) / 2
+}
+
+func (o *outbound) count(p *peer, m *Message) {
+	var bytes int
+	for _, b := range m.Buffers {
+		bytes += len(b)
+	}
+	n := uint64(packetsIn(m))
+	o.f.ctr.packetsOut.Add(n)
+	o.f.ctr.bytesOut.Add(uint64(bytes))
+	p.c.packetsOut.Add(n)
+	p.c.bytesOut.Add(uint64(bytes))
+}
