@@ -20,7 +20,8 @@
 #   netns twe-etcd: twe0 10.199.0.250, etcd on :2379
 #   netns twe-reg:  twe0 10.199.0.251, docker-registry on :5000
 # Env: TWE_HOSTS (3), TWE_STATE (/var/lib/twe), TWE_BUNDLE (plugin bundle dir),
-# TWE_PLUGIN_SETTINGS (extra KEY=VALUE for `docker plugin install`).
+# TWE_PLUGIN_SETTINGS (extra KEY=VALUE for `docker plugin install`),
+# TWE_LOGS (where `down` keeps the logs, /tmp/twe-logs).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=lib.sh
@@ -30,6 +31,7 @@ STATE=${TWE_STATE:-/var/lib/twe}
 # the number of hosts is fixed by `up`; later commands read it back
 HOSTS=${TWE_HOSTS:-$(cat "$STATE/hosts" 2>/dev/null || echo 3)}
 BUNDLE=${TWE_BUNDLE:-$ROOT/plugin/build/bundle}
+LOGS=${TWE_LOGS:-/tmp/twe-logs}
 NET=10.199.0
 ETCD_IP=$NET.250
 REG_IP=$NET.251
@@ -279,6 +281,11 @@ down() {
 		ip netns del "$ns" 2>/dev/null || true
 	done
 	if [ -d "$STATE" ]; then
+		# keep the logs of the last testbed for a post-mortem
+		rm -rf "$LOGS" && mkdir -p "$LOGS"
+		(cd "$STATE" && find . -maxdepth 2 -name '*.log' | while read -r f; do
+			cp "$f" "$LOGS/$(echo "${f#./}" | tr / -)"
+		done) || true
 		# dockerd's mounts lived in the holders' mount namespaces (gone now);
 		# anything still mounted under STATE in this namespace is released first
 		findmnt -rno TARGET | grep "^$STATE/" | sort -r | xargs -r -n1 umount -l 2>/dev/null || true

@@ -1,0 +1,350 @@
+package e2e
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func (s *scenario) byName(name string) ctr {
+	for _, c := range s.cs {
+		if c.name == name {
+			return c
+		}
+	}
+	panic("no container " + name)
+}
+
+// reach fails the test unless src reaches every dst within the timeout (a
+// restarted container has a new MAC; give ARP and the peer table time).
+func reach(t *testing.T, timeout time.Duration, src ctr, dsts ...ctr) {
+	t.Helper()
+	var addrs []netip.Addr
+	for _, d := range dsts {
+		addrs = append(addrs, d.ip)
+	}
+	eventually(t, timeout, fmt.Sprintf("%s reaches %v", src, dsts), func() error {
+		if failed := pings(t, src, addrs); len(failed) > 0 {
+			return fmt.Errorf("no reply from %v", failed)
+		}
+		return nil
+	})
+}
+
+// dockerdRestart: host 2's dockerd restarts; its restart-policy containers come
+// back, the --ip one with its address, and the other hosts reach them again.
+func (s *scenario) dockerdRestart(t *testing.T) {
+	h2 := hosts()[1]
+	start := time.Now()
+	if err := script("restart", "2"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 60*time.Second, "h2's containers running again", func() error {
+		for _, n := range []string{"h2-a", "h2-b"} {
+			out, err := h2.docker("inspect", "-f", "{{.State.Running}}", n)
+			if err != nil || out != "true" {
+				return fmt.Errorf("%s running=%q %v", n, out, err)
+			}
+		}
+		return nil
+	})
+	t.Logf("dockerd restarted and containers running after %.1fs", time.Since(start).Seconds())
+	if got := inspectIP(t, h2, "h2-b", "blue"); got != s.byName("h2-b").ip {
+		t.Errorf("h2-b (--ip %s) came back with %s", s.byName("h2-b").ip, got)
+	}
+	// h2-a may get another address, as with Docker's bridge driver
+	a := s.byName("h2-a")
+	a.ip = inspectIP(t, h2, "h2-a", "blue")
+	for i := range s.cs {
+		if s.cs[i].name == "h2-a" {
+			s.cs[i] = a
+		}
+	}
+	reach(t, 45*time.Second, s.byName("h1-a"), a, s.byName("h2-b"))
+	reach(t, 45*time.Second, s.byName("h3-b"), a, s.byName("h2-b"))
+	reach(t, 45*time.Second, s.byName("h2-b"), s.byName("h1-a"), s.byName("h3-a"))
+	t.Logf("cross-host reachability back %.1fs after the restart began", time.Since(start).Seconds())
+}
+
+// pluginKilled: kill -9 of twilld on host 3; Docker restarts it; new containers
+// start and get addresses nobody holds.
+func (s *scenario) pluginKilled(t *testing.T) {
+	h3 := hosts()[2]
+	old := h3.pluginPIDs()
+	if len(old) != 1 {
+		t.Fatalf("want one twilld on %s, found %v", h3, old)
+	}
+	held := map[netip.Addr]string{}
+	for _, n := range strings.Fields(h3.mustDocker(t, "ps", "-q", "--filter", "network=blue")) {
+		held[inspectIP(t, h3, n, "blue")] = n
+	}
+	if err := syscall.Kill(old[0], syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	eventually(t, 20*time.Second, "docker restarts twilld", func() error {
+		if p := h3.pluginPIDs(); len(p) != 1 || p[0] == old[0] {
+			return fmt.Errorf("twilld pids %v", p)
+		}
+		return nil
+	})
+	t.Logf("twilld back after %.2fs", time.Since(killed).Seconds())
+	var fresh []ctr
+	for _, n := range []string{"h3-k1", "h3-k2", "h3-k3"} {
+		h3.mustDocker(t, runArgs(n, "blue")...)
+		c := ctr{h3, n, inspectIP(t, h3, n, "blue")}
+		if other, dup := held[c.ip]; dup {
+			t.Errorf("%s got %s, already held by %s: an address was handed out twice", n, c.ip, other)
+		}
+		held[c.ip] = n
+		fresh = append(fresh, c)
+	}
+	reach(t, 30*time.Second, fresh[0], s.byName("h1-a"), s.byName("h3-a"))
+	reach(t, 30*time.Second, s.byName("h1-b"), fresh...)
+	reach(t, 30*time.Second, s.byName("h3-a"), s.byName("h2-b"))
+	for _, c := range fresh {
+		h3.mustDocker(t, "rm", "-f", c.name)
+	}
+}
+
+// links lists the host's veth and bridge interfaces other than the underlay.
+func (h host) links(t *testing.T) (veths, bridges []string) {
+	t.Helper()
+	for kind, dst := range map[string]*[]string{"veth": &veths, "bridge": &bridges} {
+		out, err := h.sh(10*time.Second, "ip", "-o", "link", "show", "type", kind)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range strings.Split(out, "\n") {
+			f := strings.Fields(l)
+			if len(f) < 2 {
+				continue
+			}
+			name, _, _ := strings.Cut(strings.TrimSuffix(f[1], ":"), "@")
+			if name != "twe0" {
+				*dst = append(*dst, name)
+			}
+		}
+	}
+	return veths, bridges
+}
+
+// disableEnable: `docker plugin disable -f` then `enable` on host 1: existing
+// containers keep working, new ones start, and nothing is left behind.
+func (s *scenario) disableEnable(t *testing.T) {
+	h1 := hosts()[0]
+	veths, bridges := h1.links(t)
+	h1.mustDocker(t, "plugin", "disable", "-f", driver)
+	eventually(t, 15*time.Second, "twilld gone after disable", func() error {
+		if p := h1.pluginPIDs(); len(p) > 0 {
+			return fmt.Errorf("twilld still running: %v", p)
+		}
+		return nil
+	})
+	h1.mustDocker(t, "plugin", "enable", driver)
+	reach(t, 30*time.Second, s.byName("h1-a"), s.byName("h2-a"), s.byName("h3-b"), s.byName("h1-b"))
+	reach(t, 30*time.Second, s.byName("h3-a"), s.byName("h1-b"))
+	h1.mustDocker(t, runArgs("h1-new", "blue")...)
+	c := ctr{h1, "h1-new", inspectIP(t, h1, "h1-new", "blue")}
+	for _, o := range s.cs {
+		if o.ip == c.ip {
+			t.Errorf("h1-new got %s, which %s holds", c.ip, o.name)
+		}
+	}
+	reach(t, 30*time.Second, c, s.byName("h2-b"))
+	h1.mustDocker(t, "rm", "-f", "h1-new")
+	eventually(t, 15*time.Second, "host 1's links as before", func() error {
+		v2, b2 := h1.links(t)
+		if len(v2) != len(veths) || len(b2) != len(bridges) {
+			return fmt.Errorf("veths %v bridges %v, before: veths %v bridges %v", v2, b2, veths, bridges)
+		}
+		return nil
+	})
+	if p := h1.pluginPIDs(); len(p) != 1 {
+		t.Errorf("want one twilld on %s, found %v", h1, p)
+	}
+}
+
+// leaseOf finds the etcd lease of the subnet whose PublicIP is ip.
+func leaseOf(t *testing.T, ip string) (key string, lease int64) {
+	t.Helper()
+	out, err := etcdctl("get", "--prefix", "/coreos.com/network/subnets/", "-w", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var resp struct {
+		Kvs []struct {
+			Key, Value string
+			Lease      int64
+		}
+	}
+	if err := json.Unmarshal([]byte(out), &resp); err != nil {
+		t.Fatalf("etcdctl json: %v", err)
+	}
+	for _, kv := range resp.Kvs {
+		k, _ := base64.StdEncoding.DecodeString(kv.Key)
+		v, _ := base64.StdEncoding.DecodeString(kv.Value)
+		var val struct{ PublicIP string }
+		if json.Unmarshal(v, &val) == nil && val.PublicIP == ip {
+			return string(k), kv.Lease
+		}
+	}
+	return "", 0
+}
+
+// hostRemoved: host 3 is decommissioned (containers and networks removed,
+// plugin disabled, dockerd stopped, lease revoked); the others forget it.
+func (s *scenario) hostRemoved(t *testing.T) {
+	h3 := hosts()[2]
+	key, lease := leaseOf(t, h3.ip())
+	if key == "" {
+		t.Fatalf("no etcd lease with PublicIP %s", h3.ip())
+	}
+	if ids := strings.Fields(h3.mustDocker(t, "ps", "-aq")); len(ids) > 0 {
+		h3.mustDocker(t, append([]string{"rm", "-f"}, ids...)...)
+	}
+	h3.docker("network", "rm", "blue")
+	h3.mustDocker(t, "plugin", "disable", driver)
+	if err := script("stop", "3"); err != nil {
+		t.Fatal(err)
+	}
+	if lease != 0 {
+		if _, err := etcdctl("lease", "revoke", strconv.FormatInt(lease, 16)); err != nil {
+			t.Fatal(err)
+		}
+	} else if _, err := etcdctl("del", key); err != nil {
+		t.Fatal(err)
+	}
+	if k, _ := leaseOf(t, h3.ip()); k != "" {
+		t.Fatalf("%s still in etcd after the revoke", k)
+	}
+	sub := s.subnets[3]
+	for _, h := range hosts()[:2] {
+		eventually(t, 20*time.Second, fmt.Sprintf("%s forgets host 3's subnet %s", h, sub), func() error {
+			out, err := h.twillctl("--json", "leases")
+			if err != nil {
+				return err
+			}
+			if strings.Contains(out, `"`+sub.String()+`"`) || strings.Contains(out, h3.ip()) {
+				return fmt.Errorf("twillctl leases still lists host 3: %s", out)
+			}
+			return nil
+		})
+	}
+	// and traffic for it is no longer sent: h1-a cannot reach the old subnet's gateway
+	gw := sub.Addr().Next()
+	if failed := pings(t, s.byName("h1-a"), []netip.Addr{gw}); len(failed) == 0 {
+		t.Errorf("h1-a still reaches %s of the removed host", gw)
+	}
+}
+
+// badInput: wrong settings give a message that names the problem, in
+// `docker plugin enable` or in the plugin's log. They run on host 3, which the
+// previous step took out of the overlay (its dockerd is started again, with
+// twill disabled), so a half-started plugin cannot disturb the others.
+func (s *scenario) badInput(t *testing.T) {
+	h3 := hosts()[2]
+	if err := script("start", "3"); err != nil {
+		t.Fatal(err)
+	}
+	ref := "10.199.0.251:5000/twill:latest"
+	cases := []struct {
+		name     string
+		settings []string
+		want     []string // any of these in the enable output or the plugin log
+	}{
+		{"unreachable-etcd", []string{"ETCD_ENDPOINTS=http://10.199.0.250:2399"}, []string{"10.199.0.250:2399"}},
+		{"endpoints-no-scheme", []string{"ETCD_ENDPOINTS=10.199.0.250:2379"}, []string{"ETCD_ENDPOINTS"}},
+		{"no-such-iface", []string{"ETCD_ENDPOINTS=" + etcdURL, "TWILL_IFACE=twe-nope"}, []string{"twe-nope"}},
+	}
+	for i, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			alias := fmt.Sprintf("twbad%d", i)
+			state := filepath.Join(h3.dir(), alias)
+			os.MkdirAll(state, 0o755)
+			args := append([]string{"plugin", "install", "--grant-all-permissions", "--disable", "--alias", alias, ref,
+				"state.source=" + state, "docker-sock.source=/run/twe-h3.sock", "TWILL_METRICS_ADDR="}, c.settings...)
+			h3.mustDocker(t, args...)
+			defer h3.docker("plugin", "rm", "-f", alias+":latest")
+			checkBad(t, h3, alias+":latest", c.want)
+		})
+	}
+	t.Run("no-dev-net-tun", func(t *testing.T) {
+		// the same bundle without the /dev/net/tun device
+		dir := t.TempDir()
+		if out, err := run(time.Minute, "cp", "-a", filepath.Join(repoRoot, "plugin", "build", "bundle", "."), dir); err != nil {
+			t.Fatal(out, err)
+		}
+		cfg := filepath.Join(dir, "config.json")
+		b, _ := os.ReadFile(cfg)
+		var m map[string]any
+		if err := json.Unmarshal(b, &m); err != nil {
+			t.Fatal(err)
+		}
+		m["linux"].(map[string]any)["devices"] = []any{}
+		b, _ = json.Marshal(m)
+		os.WriteFile(cfg, b, 0o644)
+		os.WriteFile(filepath.Join(dir, "rootfs", "notun"), []byte("a different layer\n"), 0o644) // P8
+		name := "twbadtun:latest"
+		h3.mustDocker(t, "plugin", "create", name, dir)
+		defer h3.docker("plugin", "rm", "-f", name)
+		state := filepath.Join(h3.dir(), "twbadtun")
+		os.MkdirAll(state, 0o755)
+		h3.mustDocker(t, "plugin", "set", name, "state.source="+state, "docker-sock.source=/run/twe-h3.sock",
+			"ETCD_ENDPOINTS="+etcdURL, "TWILL_IFACE=twe0", "TWILL_METRICS_ADDR=")
+		checkBad(t, h3, name, []string{"/dev/net/tun"})
+	})
+}
+
+// checkBad enables a misconfigured plugin and looks for the expected words in
+// what the user can read: enable's output and the plugin's log.
+func checkBad(t *testing.T, h host, name string, want []string) {
+	t.Helper()
+	id := h.mustDocker(t, "plugin", "inspect", name, "--format", "{{.Id}}")
+	start := time.Now()
+	out, err := h.docker("plugin", "enable", name)
+	t.Logf("docker plugin enable %s after %.1fs: err=%v out=%s", name, time.Since(start).Seconds(), err, lastLine(out))
+	var seen string
+	found := func() bool {
+		seen = out + "\n" + h.pluginLog(id)
+		for _, w := range want {
+			if strings.Contains(seen, w) {
+				return true
+			}
+		}
+		return false
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for !found() && time.Now().Before(deadline) {
+		time.Sleep(time.Second)
+	}
+	h.docker("plugin", "disable", "-f", name)
+	if !found() {
+		t.Errorf("%s: neither enable nor the plugin log mentions any of %q:\n%s", name, want, tail(seen, 15))
+		return
+	}
+	for _, l := range strings.Split(seen, "\n") {
+		for _, w := range want {
+			if strings.Contains(l, w) {
+				t.Logf("user sees: %s", strings.TrimSpace(l))
+				return
+			}
+		}
+	}
+}
+
+func tail(s string, n int) string {
+	l := strings.Split(s, "\n")
+	if len(l) > n {
+		l = l[len(l)-n:]
+	}
+	return strings.Join(l, "\n")
+}

@@ -1,0 +1,127 @@
+package e2e
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// isolation: a second network with its own --subnet is a second overlay; its
+// containers reach each other across hosts and nothing on the first overlay.
+func (s *scenario) isolation(t *testing.T) {
+	h1, h2 := hosts()[0], hosts()[1]
+	var red []ctr
+	for _, h := range []host{h1, h2} {
+		h.mustDocker(t, "network", "create", "-d", driver, "--ipam-driver", driver, "--subnet", overlay2, "red")
+		name := fmt.Sprintf("h%d-red", h.n)
+		h.mustDocker(t, runArgs(name, "red")...)
+		c := ctr{h, name, inspectIP(t, h, name, "red")}
+		if !netip.MustParsePrefix(overlay2).Contains(c.ip) {
+			t.Fatalf("%s is outside %s", c, overlay2)
+		}
+		red = append(red, c)
+	}
+	if failed := pings(t, red[0], []netip.Addr{red[1].ip}); len(failed) > 0 {
+		t.Errorf("%s cannot reach %s on the same overlay", red[0], red[1])
+	}
+	blue := map[string]ctr{}
+	for _, c := range s.cs {
+		blue[c.name] = c
+	}
+	// red -> blue on the same host and on another host, and blue -> red
+	cases := []struct{ src, dst ctr }{
+		{red[0], blue["h1-a"]}, {red[0], blue["h2-a"]}, {red[1], blue["h3-b"]},
+		{blue["h1-a"], red[1]}, {blue["h3-a"], red[0]},
+	}
+	for _, c := range cases {
+		if failed := pings(t, c.src, []netip.Addr{c.dst.ip}); len(failed) == 0 {
+			t.Errorf("%s reached %s: the overlays %s and %s must be isolated", c.src, c.dst, overlay2, overlay)
+		}
+	}
+}
+
+// ipOutside: --ip inside the overlay but in another host's /24 is refused.
+func (s *scenario) ipOutside(t *testing.T) {
+	h1 := hosts()[0]
+	other := s.subnets[2].Addr().As4()
+	other[3] = 77
+	ip := netip.AddrFrom4(other).String()
+	out, err := h1.docker(runArgs("h1-wrongip", "blue", "--ip", ip)...)
+	h1.docker("rm", "-f", "h1-wrongip")
+	if err == nil {
+		t.Fatalf("--ip %s (host 2's subnet) on host 1 was accepted", ip)
+	}
+	t.Logf("refused as expected: %s", lastLine(out))
+}
+
+func lastLine(s string) string {
+	l := strings.Split(strings.TrimSpace(s), "\n")
+	return l[len(l)-1]
+}
+
+// publish: -p publishes a container port on the host's underlay address.
+func (s *scenario) publish(t *testing.T) {
+	h1, h2 := hosts()[0], hosts()[1]
+	h1.mustDocker(t, "run", "-d", "--pull=never", "--init", "--name", "h1-web", "--network", "blue",
+		"-p", "8080:80", image, "httpd", "-f", "-p", "80", "-h", "/etc")
+	url := fmt.Sprintf("http://%s:8080/passwd", h1.ip())
+	eventually(t, 15*time.Second, "wget "+url+" from host 2", func() error {
+		out, err := h2.sh(10*time.Second, "busybox", "wget", "-q", "-T", "3", "-O-", url)
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(out, "root:x:0:0") {
+			return fmt.Errorf("unexpected body %q", out)
+		}
+		return nil
+	})
+	// and from a container on another host, through its own host's masquerade
+	eventually(t, 15*time.Second, "wget "+url+" from h2-a", func() error {
+		_, err := h2.docker("exec", "h2-a", "wget", "-q", "-T", "3", "-O", "/dev/null", url)
+		return err
+	})
+	h1.mustDocker(t, "rm", "-f", "h1-web")
+}
+
+// compose: examples/compose runs a web service on host 1 and a client on host 2
+// that fetches from it across the overlay.
+func (s *scenario) compose(t *testing.T) {
+	if _, err := exec.LookPath("docker-compose"); err != nil {
+		t.Fatal("docker-compose is not installed (scripts/install-deps.sh installs it)")
+	}
+	runSh := filepath.Join(repoRoot, "examples", "compose", "run.sh")
+	env := append(os.Environ(),
+		"DOCKER_HOST_WEB=unix:///run/twe-h1.sock", "DOCKER_HOST_CLIENT=unix:///run/twe-h2.sock",
+		"TWILL_NETWORK_NAME=blue", "IMAGE="+image, "COMPOSE_PROJECT_NAME=twe")
+	sh := func(arg string) (string, error) {
+		cmd := exec.Command("bash", runSh, arg)
+		cmd.Env = env
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	t.Cleanup(func() {
+		if out, err := sh("down"); err != nil {
+			t.Errorf("compose down: %v\n%s", err, out)
+		}
+	})
+	out, err := sh("up")
+	if err != nil {
+		t.Fatalf("compose up: %v\n%s", err, out)
+	}
+	t.Logf("compose up:\n%s", out)
+	eventually(t, 30*time.Second, "client on host 2 fetched the page of web on host 1", func() error {
+		logs, err := hosts()[1].docker("logs", "twe_client_1")
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(logs, "hello from web") {
+			return fmt.Errorf("client log: %q", logs)
+		}
+		return nil
+	})
+}
