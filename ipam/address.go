@@ -61,28 +61,23 @@ func (p *IPAM) RequestAddress(ctx context.Context, req *ipamapi.RequestAddressRe
 
 // pick chooses the address to hand out. p.mu held.
 func (p *IPAM) pick(pl *pool, s *subnet, want netip.Addr, gateway bool) (netip.Addr, error) {
-	if gateway && s.gateway.IsValid() {
-		return netip.Addr{}, fmt.Errorf("this host's %w (subnet %s of overlay %s, gateway %s): a host has one subnet per overlay and one network per subnet, so give this network another --subnet (overlay)",
-			ErrSubnetInUse, s.prefix, s.overlay, s.gateway)
-	}
-	if !want.IsValid() {
-		if gateway {
-			want = s.prefix.Addr().Next()
-		} else {
-			return p.nextFree(pl, s)
-		}
-	}
-	what := "address"
+	what, flag := "address", "--ip"
 	if gateway {
-		what = "gateway"
+		what, flag = "gateway", "--gateway"
 	}
-	if !isHost(s.prefix, want) {
-		flag := "--ip"
-		if gateway {
-			flag = "--gateway"
-		}
+	if want.IsValid() && !isHost(s.prefix, want) {
 		return netip.Addr{}, fmt.Errorf("%s %s is %w %s (overlay %s): give an %s inside %s (not its first or last address) or leave it out",
 			what, want, ErrOutsideSubnet, s.prefix, s.overlay, flag, s.prefix)
+	}
+	if gateway && s.gateway.IsValid() {
+		return netip.Addr{}, fmt.Errorf("this host's subnet %s of overlay %s %w (gateway %s): a host has one subnet per overlay and one network per subnet, so give this network another --subnet (overlay)",
+			s.prefix, s.overlay, ErrSubnetInUse, s.gateway)
+	}
+	if !want.IsValid() {
+		if !gateway {
+			return p.nextFree(pl, s)
+		}
+		want = s.prefix.Addr().Next()
 	}
 	if _, taken := s.used[want]; taken {
 		return netip.Addr{}, fmt.Errorf("%s %s: %w on this host's subnet %s: choose another or leave it out",
