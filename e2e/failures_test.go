@@ -270,11 +270,11 @@ func (s *scenario) badInput(t *testing.T) {
 			alias := fmt.Sprintf("twbad%d", i)
 			state := filepath.Join(h3.dir(), alias)
 			os.MkdirAll(state, 0o755)
-			args := append([]string{"plugin", "install", "--grant-all-permissions", "--disable", "--alias", alias, ref,
+			// install enables the plugin, as a user's install does
+			args := append([]string{"plugin", "install", "--grant-all-permissions", "--alias", alias, ref,
 				"state.source=" + state, "docker-sock.source=/run/twe-h3.sock", "TWILL_METRICS_ADDR="}, c.settings...)
-			h3.mustDocker(t, args...)
 			defer h3.docker("plugin", "rm", "-f", alias+":latest")
-			checkBad(t, h3, alias+":latest", c.want)
+			checkBad(t, h3, alias+":latest", c.want, args...)
 		})
 	}
 	t.Run("no-dev-net-tun", func(t *testing.T) {
@@ -300,18 +300,22 @@ func (s *scenario) badInput(t *testing.T) {
 		os.MkdirAll(state, 0o755)
 		h3.mustDocker(t, "plugin", "set", name, "state.source="+state, "docker-sock.source=/run/twe-h3.sock",
 			"ETCD_ENDPOINTS="+etcdURL, "TWILL_IFACE=twe0", "TWILL_METRICS_ADDR=")
-		checkBad(t, h3, name, []string{"/dev/net/tun"})
+		checkBad(t, h3, name, []string{"/dev/net/tun"}, "plugin", "enable", name)
 	})
 }
 
-// checkBad enables a misconfigured plugin and looks for the expected words in
-// what the user can read: enable's output and the plugin's log.
-func checkBad(t *testing.T, h host, name string, want []string) {
+// checkBad runs the docker command that starts a misconfigured plugin (install
+// or enable) and looks for the expected words in what the user can read: the
+// command's output and the plugin's log.
+func checkBad(t *testing.T, h host, name string, want []string, start ...string) {
 	t.Helper()
-	id := h.mustDocker(t, "plugin", "inspect", name, "--format", "{{.Id}}")
-	start := time.Now()
-	out, err := h.docker("plugin", "enable", name)
-	t.Logf("docker plugin enable %s after %.1fs: err=%v out=%s", name, time.Since(start).Seconds(), err, lastLine(out))
+	t0 := time.Now()
+	out, err := h.docker(start...)
+	t.Logf("docker %s %s: %.1fs, err=%v, last line: %s", start[0], start[1], time.Since(t0).Seconds(), err, lastLine(out))
+	id, ierr := h.docker("plugin", "inspect", name, "--format", "{{.Id}}")
+	if ierr != nil {
+		t.Fatalf("plugin %s not there after %s: %v", name, start[1], ierr)
+	}
 	var seen string
 	found := func() bool {
 		seen = out + "\n" + h.pluginLog(id)

@@ -8,6 +8,12 @@
 # TWILLD_BIN / TWILLCTL_BIN (use prebuilt static binaries instead of building),
 # BUNDLE (output dir, default plugin/build/bundle). KEY=VALUE arguments are passed
 # to `docker plugin set` before enabling (e.g. ETCD_ENDPOINTS=http://10.0.0.5:2379).
+#
+# Capabilities in config.json, each proven by trying without it: CAP_NET_ADMIN
+# (TUN twill0, links, routes, iptables-nft: EPERM without it) and CAP_NET_RAW
+# (iptables-legacy opens a raw socket: "Permission denied (you must be root)"
+# without it; needed on hosts whose dockerd uses the legacy backend).
+# CAP_SYS_ADMIN and CAP_SYS_MODULE are not needed.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=../scripts/lib.sh
@@ -70,17 +76,26 @@ copy_with_libs() {
 	done
 }
 
-# iptables: the same backend (nft or legacy) the host's `iptables` uses, so the
-# plugin's rules and the host's tools see one rule set.
+# iptables: both variants (the firewall runs the one holding the host's rules,
+# as dockerd's; iptables-nft-save / iptables-legacy-save decide), and the plain
+# names pointing at the host's default variant.
 multi=$(readlink -f "$(command -v iptables)")
 case $(basename "$multi") in
 xtables-nft-multi | xtables-legacy-multi) ;;
 *) die "iptables resolves to $multi, expected xtables-nft-multi or xtables-legacy-multi" ;;
 esac
-copy_with_libs "$multi"
+mkdir -p "$RFS/usr/sbin"
+for v in nft legacy; do
+	bin=$(dirname "$multi")/xtables-$v-multi
+	[ -x "$bin" ] || { [ $v = legacy ] && continue; die "$bin is missing"; }
+	copy_with_libs "$bin"
+	[ "$(dirname "$bin")" = /usr/sbin ] || ln -sf "$bin" "$RFS/usr/sbin/xtables-$v-multi"
+	for t in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore; do
+		ln -sf "xtables-$v-multi" "$RFS/usr/sbin/${t/tables/tables-$v}"
+	done
+done
 for t in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore; do
-	ln -sf "$(basename "$multi")" "$RFS$(dirname "$multi")/$t"
-	[ "$(dirname "$multi")" = /usr/sbin ] || ln -sf "$multi" "$RFS/usr/sbin/$t"
+	ln -sf "$(basename "$multi")" "$RFS/usr/sbin/$t"
 	ln -sf "../usr/sbin/$t" "$RFS/sbin/$t"
 done
 # match and target extensions are dlopen()ed, ldd cannot see them
@@ -100,13 +115,6 @@ if command -v busybox >/dev/null && ! ldd "$(command -v busybox)" >/dev/null 2>&
 fi
 
 cp "$ROOT/config.json" "$BUNDLE/config.json"
-# CAP_NET_ADMIN is all twill needs with the nft backend (TUN, links, routes,
-# iptables-nft: tried without it, each fails with EPERM). iptables-legacy also
-# opens a raw socket, so a legacy host needs CAP_NET_RAW too (tried: EPERM).
-if [ "$(basename "$multi")" = xtables-legacy-multi ]; then
-	sed -i 's/"CAP_NET_ADMIN"/"CAP_NET_ADMIN", "CAP_NET_RAW"/' "$BUNDLE/config.json"
-	say "host iptables is legacy: the bundle also asks for CAP_NET_RAW"
-fi
 say "rootfs: $(du -sh "$RFS" | cut -f1), twilld $(du -h "$TWILLD_BIN" | cut -f1)"
 
 [ "$CREATE" = 1 ] || { echo "$BUNDLE"; exit 0; }
