@@ -231,6 +231,12 @@ func (f *Firewall) Apply(ctx context.Context) error {
 func (f *Firewall) Cleanup(ctx context.Context) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	// Empty (or create) the chains first: traffic stops being touched at
+	// once, and a jump to an absent chain would not be found by -D.
+	empty := Render(State{Tunnel: f.tunnel})
+	if _, err := f.run.Run(ctx, []byte(empty), f.bin.restore, "-w", "--noflush"); err != nil {
+		return fmt.Errorf("emptying chains: %w", restoreError(empty, err))
+	}
 	for _, j := range jumps {
 		// Delete every copy: an older run may have inserted more than one.
 		for range 16 {

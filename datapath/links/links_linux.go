@@ -168,9 +168,9 @@ func (l *Links) DeleteBridge(ctx context.Context, name string) error {
 
 // AddVeth creates the veth pair hostName <-> peerName with mtu on both ends
 // (0 keeps the kernel's default) and mac on the peer end (nil lets the
-// kernel choose), puts hostName on bridge and brings it up. The peer end
-// stays down in this namespace: Docker moves it into the container. A veth
-// left over under either name is deleted first.
+// kernel choose), puts hostName on bridge in hairpin mode and brings it
+// up. The peer end stays down in this namespace: Docker moves it into the
+// container. A veth left over under either name is deleted first.
 func (l *Links) AddVeth(ctx context.Context, hostName, peerName, bridge string, mtu int, mac net.HardwareAddr) error {
 	for _, n := range []string{hostName, peerName, bridge} {
 		if err := ValidName(n); err != nil {
@@ -229,6 +229,14 @@ func (l *Links) attachAndUp(hostName string, br netlink.Link) error {
 	}
 	if err := l.h.LinkSetMaster(host, br); err != nil {
 		return fmt.Errorf("attaching to bridge %s: %w", br.Attrs().Name, err)
+	}
+	// Hairpin: with br_netfilter (the default where dockerd runs) a
+	// container reaching its own published port has its packet DNATed
+	// back to itself at the bridge; without hairpin mode the bridge will
+	// not send a frame out of the port it came in by, and drops it. This
+	// is what Docker does for its own bridges without the userland proxy.
+	if err := l.h.LinkSetHairpin(host, true); err != nil {
+		return fmt.Errorf("setting hairpin mode: %w", err)
 	}
 	// A bridge port needs no IPv6 address of its own.
 	if err := l.h.LinkSetIP6AddrGenMode(host, in6AddrGenModeNone); err != nil {

@@ -234,6 +234,9 @@ func TestAddVeth(t *testing.T) {
 		if !bytes.Equal(pl.Attrs().HardwareAddr, mac) {
 			t.Errorf("peer mac %v, want %v", pl.Attrs().HardwareAddr, mac)
 		}
+		if pi, err := h.LinkGetProtinfo(hl); err != nil || !pi.Hairpin {
+			t.Errorf("host end hairpin mode off (%v), want on for published-port hairpin", err)
+		}
 		if hl.Attrs().Flags&net.FlagUp == 0 {
 			t.Error("host end is down")
 		}
