@@ -1,3 +1,5 @@
+//go:build !linux
+
 package overlay
 
 func helperMain() bool { return false }

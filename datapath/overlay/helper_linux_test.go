@@ -1,0 +1,215 @@
+package overlay
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+)
+
+// The root tests and the benchmark harness re-exec this test binary inside
+// network namespaces (ip netns exec) as small helper processes, selected by
+// TWO_HELPER. A forwarder then runs as its own process, so its CPU time is
+// measured honestly and no goroutine of the test ever switches namespace.
+
+// helperFwdConfig configures the "forwarder" helper.
+type helperFwdConfig struct {
+	MTU     int
+	Public  string
+	Offload string
+	Overlay string
+	Local   string
+	Peers   map[string]string // subnet -> addr:port
+	Ready   string            // file written once forwarding
+	Stats   string            // file the final Stats are written to (JSON)
+}
+
+func helperMain() bool {
+	var err error
+	switch os.Getenv("TWO_HELPER") {
+	case "":
+		return false
+	case "forwarder":
+		err = helperForwarder()
+	case "sink":
+		err = helperSink(os.Getenv("TWO_LISTEN"), os.Getenv("TWO_OUT"))
+	case "source":
+		err = helperSource(os.Getenv("TWO_DIAL"), os.Getenv("TWO_BYTES"), os.Getenv("TWO_OUT"))
+	case "udpsink":
+		err = helperUDPSink(os.Getenv("TWO_LISTEN"), os.Getenv("TWO_OUT"))
+	case "udpsend":
+		err = helperUDPSend(os.Getenv("TWO_FROM"), os.Getenv("TWO_TO"), os.Getenv("TWO_PACKETS"))
+	default:
+		err = fmt.Errorf("unknown helper %q", os.Getenv("TWO_HELPER"))
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "helper:", err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+	return true
+}
+
+func helperForwarder() error {
+	var c helperFwdConfig
+	if err := json.Unmarshal([]byte(os.Getenv("TWO_FWD_CONFIG")), &c); err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	f, err := Open(Config{MTU: c.MTU, PublicIP: netip.MustParseAddr(c.Public), Offload: c.Offload, Logger: log})
+	if err != nil {
+		return err
+	}
+	if err := f.AddOverlay(netip.MustParsePrefix(c.Overlay), netip.MustParsePrefix(c.Local)); err != nil {
+		f.Close()
+		return err
+	}
+	for s, a := range c.Peers {
+		if err := f.SetPeer(netip.MustParsePrefix(s), netip.MustParseAddrPort(a)); err != nil {
+			f.Close()
+			return err
+		}
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := os.WriteFile(c.Ready, []byte(f.Path()), 0o644); err != nil {
+		f.Close()
+		return err
+	}
+	runErr := f.Run(ctx)
+	b, err := json.MarshalIndent(f.Stats(), "", " ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(c.Stats, b, 0o644); err != nil {
+		return err
+	}
+	return runErr
+}
+
+// helperSink accepts one TCP connection, reads it to the end and writes
+// "<bytes> <sha256>" to out.
+func helperSink(listen, out string) error {
+	l, err := net.Listen("tcp4", listen)
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	if err := os.WriteFile(out+".ready", nil, 0o644); err != nil {
+		return err
+	}
+	c, err := l.Accept()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, c)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(out, fmt.Appendf(nil, "%d %s", n, hex.EncodeToString(h.Sum(nil))), 0o644)
+}
+
+// helperSource sends n pseudo-random bytes to dial and writes "<bytes> <sha256>" to out.
+func helperSource(dial, n, out string) error {
+	total, err := strconv.Atoi(n)
+	if err != nil {
+		return err
+	}
+	c, err := net.DialTimeout("tcp4", dial, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	h := sha256.New()
+	buf := make([]byte, 256<<10)
+	x := uint64(time.Now().UnixNano()) | 1
+	for sent := 0; sent < total; {
+		k := min(len(buf), total-sent)
+		for i := 0; i+8 <= k; i += 8 {
+			x ^= x << 13
+			x ^= x >> 7
+			x ^= x << 17
+			buf[i], buf[i+1], buf[i+2], buf[i+3] = byte(x), byte(x>>8), byte(x>>16), byte(x>>24)
+			buf[i+4], buf[i+5], buf[i+6], buf[i+7] = byte(x>>32), byte(x>>40), byte(x>>48), byte(x>>56)
+		}
+		if _, err := c.Write(buf[:k]); err != nil {
+			return err
+		}
+		h.Write(buf[:k])
+		sent += k
+	}
+	if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+		return err
+	}
+	io.Copy(io.Discard, c) // wait for the sink to finish reading
+	return os.WriteFile(out, fmt.Appendf(nil, "%d %s", total, hex.EncodeToString(h.Sum(nil))), 0o644)
+}
+
+// helperUDPSink appends one line per datagram it receives on listen to out.
+func helperUDPSink(listen, out string) error {
+	pc, err := net.ListenPacket("udp4", listen)
+	if err != nil {
+		return err
+	}
+	defer pc.Close()
+	f, err := os.OpenFile(out, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := os.WriteFile(out+".ready", nil, 0o644); err != nil {
+		return err
+	}
+	buf := make([]byte, 65536)
+	for {
+		n, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(f, "%s %q\n", from, buf[:n])
+	}
+}
+
+// helperUDPSend sends each hex-encoded packet of packets (JSON list) as
+// one datagram from from (ip:port, port 0 for any) to to.
+func helperUDPSend(from, to, packets string) error {
+	var list []string
+	if err := json.Unmarshal([]byte(packets), &list); err != nil {
+		return err
+	}
+	laddr, err := net.ResolveUDPAddr("udp4", from)
+	if err != nil {
+		return err
+	}
+	raddr, err := net.ResolveUDPAddr("udp4", to)
+	if err != nil {
+		return err
+	}
+	c, err := net.DialUDP("udp4", laddr, raddr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	for _, p := range list {
+		b, err := hex.DecodeString(p)
+		if err != nil {
+			return err
+		}
+		if _, err := c.Write(b); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,226 @@
+package overlay
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/twill-net/twill/internal/testbed"
+)
+
+// Root test topology, every name with the prefix "two": an underlay
+// bridge in namespace twou, hosts twoh<i> (ul0 = 10.199.0.<i>/24, lease
+// 10.96.<i>.0/24), and behind each host a "container" namespace twoc<i>
+// (two-e0 = 10.96.<i>.2/24) joined by veth two-v<i> (10.96.<i>.1/24).
+const (
+	testOverlay = "10.96.0.0/16"
+	testMTU     = 1472 // underlay 1500 − 28
+)
+
+type testTopo struct {
+	t     testing.TB
+	bed   *testbed.Bed
+	n     int
+	dir   string
+	fwds  map[int]*testFwd
+	hosts []string
+}
+
+type testFwd struct {
+	proc  *testbed.Proc
+	stats string
+	path  string
+}
+
+func requireKernel(t testing.TB) {
+	t.Helper()
+	testbed.RequireRoot(t)
+	if _, err := os.Stat("/dev/net/tun"); err != nil {
+		t.Skip("needs /dev/net/tun")
+	}
+}
+
+func hostNS(i int) string      { return fmt.Sprintf("twoh%d", i) }
+func containerNS(i int) string { return fmt.Sprintf("twoc%d", i) }
+func underlayIP(i int) string  { return fmt.Sprintf("10.199.0.%d", i) }
+func leaseOf(i int) string     { return fmt.Sprintf("10.96.%d.0/24", i) }
+func containerIP(i int) string { return fmt.Sprintf("10.96.%d.2", i) }
+
+// newTopo builds n hosts with a container each.
+func newTopo(t testing.TB, n int) *testTopo {
+	t.Helper()
+	requireKernel(t)
+	bed := testbed.New(t, "two", netip.MustParsePrefix("10.199.0.0/24"))
+	tp := &testTopo{t: t, bed: bed, n: n, dir: t.TempDir(), fwds: map[int]*testFwd{}}
+	for i := 1; i <= n; i++ {
+		h := bed.AddHost(fmt.Sprintf("h%d", i), i, 0)
+		c := bed.AddNS(fmt.Sprintf("c%d", i))
+		tp.hosts = append(tp.hosts, h)
+		v := fmt.Sprintf("two-v%d", i)
+		testbed.Must(t, "ip", "-n", h, "link", "add", v, "type", "veth", "peer", "name", "two-e0", "netns", c)
+		testbed.Must(t, "ip", "-n", h, "addr", "add", fmt.Sprintf("10.96.%d.1/24", i), "dev", v)
+		testbed.Must(t, "ip", "-n", h, "link", "set", v, "up")
+		testbed.Must(t, "ip", "-n", c, "addr", "add", containerIP(i)+"/24", "dev", "two-e0")
+		testbed.Must(t, "ip", "-n", c, "link", "set", "two-e0", "up")
+		testbed.Must(t, "ip", "-n", c, "route", "add", "default", "via", fmt.Sprintf("10.96.%d.1", i))
+		tp.setContainerMTU(i, testMTU)
+		// Keep IPv6 chatter (router solicitations) off twill0.
+		testbed.MustIn(t, h, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+	}
+	return tp
+}
+
+func (tp *testTopo) setContainerMTU(i, mtu int) {
+	testbed.Must(tp.t, "ip", "-n", hostNS(i), "link", "set", fmt.Sprintf("two-v%d", i), "mtu", strconv.Itoa(mtu))
+	testbed.Must(tp.t, "ip", "-n", containerNS(i), "link", "set", "two-e0", "mtu", strconv.Itoa(mtu))
+}
+
+// startForwarder runs the forwarder helper on host i with every other
+// host among peers as a peer.
+func (tp *testTopo) startForwarder(i int, offload string, peers ...int) *testFwd {
+	t := tp.t
+	t.Helper()
+	c := helperFwdConfig{
+		MTU: testMTU, Public: underlayIP(i), Offload: offload,
+		Overlay: testOverlay, Local: leaseOf(i), Peers: map[string]string{},
+		Ready: filepath.Join(tp.dir, fmt.Sprintf("fwd%d-%d.ready", i, time.Now().UnixNano())),
+		Stats: filepath.Join(tp.dir, fmt.Sprintf("fwd%d-%d.json", i, time.Now().UnixNano())),
+	}
+	for _, p := range peers {
+		c.Peers[leaseOf(p)] = underlayIP(p) + ":8285"
+	}
+	b, _ := json.Marshal(c)
+	p := testbed.Start(t, hostNS(i), filepath.Join(tp.dir, fmt.Sprintf("fwd%d.log", i)),
+		[]string{"TWO_HELPER=forwarder", "TWO_FWD_CONFIG=" + string(b)}, os.Args[0], "-test.run=^$")
+	f := &testFwd{proc: p, stats: c.Stats}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if b, err := os.ReadFile(c.Ready); err == nil {
+			f.path = string(b)
+			break
+		}
+		if p.Exited() || time.Now().After(deadline) {
+			t.Fatalf("forwarder on %s did not start: %s", hostNS(i), p.Tail(2000))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	tp.fwds[i] = f
+	return f
+}
+
+// stop ends the forwarder with SIGTERM and returns its final Stats.
+func (f *testFwd) stop(t testing.TB) Stats {
+	t.Helper()
+	f.proc.Signal(syscall.SIGTERM)
+	var s Stats
+	b, err := os.ReadFile(f.stats)
+	if err != nil {
+		t.Fatalf("forwarder stats: %v; log: %s", err, f.proc.Tail(2000))
+	}
+	if err := json.Unmarshal(b, &s); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func (tp *testTopo) stopAll() map[int]Stats {
+	m := map[int]Stats{}
+	for i, f := range tp.fwds {
+		m[i] = f.stop(tp.t)
+		delete(tp.fwds, i)
+	}
+	return m
+}
+
+// waitFile waits for path to exist.
+func waitFile(t testing.TB, path string, p *testbed.Proc) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if _, err := os.Stat(path); err == nil {
+			return
+		}
+		if (p != nil && p.Exited()) || time.Now().After(deadline) {
+			t.Fatalf("%s did not appear; log: %s", path, p.Tail(2000))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// transfer sends size bytes from container from to container to over TCP
+// and checks the sha256 on both ends.
+func (tp *testTopo) transfer(from, to, size int) time.Duration {
+	t := tp.t
+	t.Helper()
+	out := filepath.Join(tp.dir, fmt.Sprintf("xfer-%d-%d-%d", from, to, time.Now().UnixNano()))
+	listen := containerIP(to) + ":5001"
+	sink := testbed.Start(t, containerNS(to), out+".sink.log",
+		[]string{"TWO_HELPER=sink", "TWO_LISTEN=" + listen, "TWO_OUT=" + out + ".sink"}, os.Args[0], "-test.run=^$")
+	waitFile(t, out+".sink.ready", sink)
+	start := time.Now()
+	if o, err := testbed.In(containerNS(from), "env", "TWO_HELPER=source", "TWO_DIAL="+listen,
+		"TWO_BYTES="+strconv.Itoa(size), "TWO_OUT="+out+".source", os.Args[0], "-test.run=^$"); err != nil {
+		t.Fatalf("source: %v %s; sink log: %s", err, o, sink.Tail(1000))
+	}
+	d := time.Since(start)
+	waitFile(t, out+".sink", sink)
+	a, _ := os.ReadFile(out + ".source")
+	b, _ := os.ReadFile(out + ".sink")
+	if len(a) == 0 || string(a) != string(b) {
+		t.Fatalf("transfer %d->%d: sent %q, received %q", from, to, a, b)
+	}
+	return d
+}
+
+// snmp reads the counters of /proc/net/snmp inside ns as "Tcp.InCsumErrors" -> value.
+func snmp(t testing.TB, ns string) map[string]int64 {
+	t.Helper()
+	out := testbed.MustIn(t, ns, "cat", "/proc/net/snmp")
+	m := map[string]int64{}
+	sc := bufio.NewScanner(strings.NewReader(out))
+	var keys []string
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 2 {
+			continue
+		}
+		proto := strings.TrimSuffix(f[0], ":")
+		if keys == nil || keys[0] != proto {
+			keys = append([]string{proto}, f[1:]...)
+			continue
+		}
+		for j, v := range f[1:] {
+			if j+1 < len(keys) {
+				n, _ := strconv.ParseInt(v, 10, 64)
+				m[proto+"."+keys[j+1]] = n
+			}
+		}
+		keys = nil
+	}
+	return m
+}
+
+// checkNoCsumErrors fails unless every namespace has zero checksum errors
+// and zero UDP receive-buffer errors.
+func (tp *testTopo) checkNoCsumErrors() {
+	t := tp.t
+	t.Helper()
+	for i := 1; i <= tp.n; i++ {
+		for _, ns := range []string{hostNS(i), containerNS(i)} {
+			s := snmp(t, ns)
+			for _, k := range []string{"Tcp.InCsumErrors", "Udp.InCsumErrors", "Udp.RcvbufErrors"} {
+				if s[k] != 0 {
+					t.Errorf("%s: %s = %d", ns, k, s[k])
+				}
+			}
+		}
+	}
+}
