@@ -21,6 +21,18 @@ func Start(t testing.TB) *etcdserver.Server {
 	return StartIn(t, t.TempDir())
 }
 
+// New runs an embedded etcd in dir on free ports without a testing.TB, for
+// a TestMain that shares one server among a package's tests. The caller
+// closes it.
+func New(dir string) (*etcdserver.Server, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return etcdserver.Start(ctx, dir, slog.New(slog.DiscardHandler),
+		etcdserver.WithClientAddr(etcdserver.FreeLoopback),
+		etcdserver.WithPeerAddr(etcdserver.FreeLoopback),
+		etcdserver.WithoutFsync())
+}
+
 // StartIn runs an embedded etcd with its data in dir on free ports, e.g. to
 // restart a server on the data of a stopped one.
 func StartIn(t testing.TB, dir string, opts ...etcdserver.Option) *etcdserver.Server {
