@@ -71,6 +71,7 @@ type Server struct {
 	net      NetworkDriver
 	ipam     IPAMDriver
 	startErr error
+	waitErr  error // why the backends are not ready yet (set by Waiting)
 }
 
 // New returns a Server whose backends are not ready yet.
@@ -112,6 +113,15 @@ func (s *Server) Fail(err error) {
 	})
 }
 
+// Waiting records why start-up has not finished yet (etcd unreachable and
+// being retried, say); a call that gives up waiting answers with it, so the
+// user reads the reason rather than only "starting". nil clears it.
+func (s *Server) Waiting(err error) {
+	s.mu.Lock()
+	s.waitErr = err
+	s.mu.Unlock()
+}
+
 // backends waits for Ready or Fail, at most StartWait.
 func (s *Server) backends(ctx context.Context) (NetworkDriver, IPAMDriver, error) {
 	select {
@@ -122,6 +132,12 @@ func (s *Server) backends(ctx context.Context) (NetworkDriver, IPAMDriver, error
 		select {
 		case <-s.ready:
 		case <-t.C:
+			s.mu.Lock()
+			why := s.waitErr
+			s.mu.Unlock()
+			if why != nil {
+				return nil, nil, fmt.Errorf("%w, still retrying: %w", ErrStarting, why)
+			}
 			return nil, nil, fmt.Errorf("%w (waiting for its state and etcd): try again in a few seconds", ErrStarting)
 		case <-ctx.Done():
 			return nil, nil, fmt.Errorf("%w: %w", ErrStarting, ctx.Err())
