@@ -45,10 +45,15 @@ var (
 // Options configure a Firewall. The zero value drives this host's iptables,
 // picking the variant dockerd uses, with twill0 as the tunnel.
 type Options struct {
-	Tunnel  string       // the overlay's TUN device; default DefaultTunnel
-	Backend Backend      // which iptables variant; default BackendAuto
-	Runner  Runner       // how commands run; default ExecRunner
-	Log     *slog.Logger // default discards
+	Tunnel  string  // the overlay's TUN device; default DefaultTunnel
+	Backend Backend // which iptables variant; default BackendAuto
+	Runner  Runner  // how commands run; default ExecRunner
+	// Conntrack deletes stale UDP flows when a UDP port map comes or goes.
+	// Default: netlink in the current namespace, but only when Runner is
+	// also the default (a custom Runner means another namespace or a
+	// fake); nil then means no flushing.
+	Conntrack Conntrack
+	Log       *slog.Logger // default discards
 }
 
 // Firewall holds twill's desired firewall state and writes it to iptables.
@@ -60,6 +65,7 @@ type Firewall struct {
 	backend Backend
 	bin     binaries
 	tunnel  string
+	ct      Conntrack // nil: no flushing
 
 	mu       sync.Mutex // guards networks and portMaps, serialises applies
 	networks map[string]Network
@@ -75,6 +81,7 @@ func New(ctx context.Context, opts Options) (*Firewall, error) {
 		run:      opts.Runner,
 		backend:  opts.Backend,
 		tunnel:   cmpOr(opts.Tunnel, DefaultTunnel),
+		ct:       opts.Conntrack,
 		networks: make(map[string]Network),
 		portMaps: make(map[PortMap]struct{}),
 	}
@@ -83,6 +90,9 @@ func New(ctx context.Context, opts Options) (*Firewall, error) {
 	}
 	if f.run == nil {
 		f.run = ExecRunner{}
+		if f.ct == nil {
+			f.ct = defaultConntrack()
+		}
 	}
 	if err := validIface(f.tunnel); err != nil {
 		return nil, fmt.Errorf("firewall tunnel: %w", err)
@@ -166,6 +176,11 @@ func (f *Firewall) DeleteNetwork(ctx context.Context, bridge string) error {
 	if err := f.applyLocked(ctx, nets, pms); err != nil {
 		return fmt.Errorf("removing firewall for network %s: %w", bridge, err)
 	}
+	for pm := range f.portMaps {
+		if _, kept := pms[pm]; !kept {
+			f.forget(ctx, pm, staleAfterUnpublish(pm))
+		}
+	}
 	f.networks, f.portMaps = nets, pms
 	return nil
 }
@@ -193,6 +208,7 @@ func (f *Firewall) AddPortMap(ctx context.Context, bridge, proto string, hostIP 
 		return fmt.Errorf("publishing %s: %w", describe(pm), err)
 	}
 	f.portMaps = pms
+	f.forget(ctx, pm, staleBeforePublish(pm))
 	return nil
 }
 
@@ -213,6 +229,7 @@ func (f *Firewall) DeletePortMap(ctx context.Context, bridge, proto string, host
 		return fmt.Errorf("unpublishing %s: %w", describe(pm), err)
 	}
 	f.portMaps = pms
+	f.forget(ctx, pm, staleAfterUnpublish(pm))
 	return nil
 }
 
@@ -280,6 +297,23 @@ func (f *Firewall) applyLocked(ctx context.Context, nets map[string]Network, pms
 		f.log.Info("firewall jump inserted", "table", j.table, "chain", j.chain, "target", j.spec[len(j.spec)-1])
 	}
 	return nil
+}
+
+// forget deletes the conntrack entries of a UDP port map that match. The
+// rules are in place already, so a failure only delays the change for
+// flows that keep sending: it is logged, not returned.
+func (f *Firewall) forget(ctx context.Context, pm PortMap, match func(Flow) bool) {
+	if f.ct == nil || pm.Proto != "udp" {
+		return
+	}
+	n, err := f.ct.DeleteFlows(ctx, match)
+	if err != nil {
+		f.log.Warn("stale UDP flows kept", "port", describe(pm), "container", pm.Container.String(), "err", err)
+		return
+	}
+	if n > 0 {
+		f.log.Debug("stale UDP flows deleted", "port", describe(pm), "container", pm.Container.String(), "flows", n)
+	}
 }
 
 var restoreLine = regexp.MustCompile(`line:? (\d+)`)

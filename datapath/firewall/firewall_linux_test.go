@@ -80,6 +80,7 @@ func newTopology(t *testing.T) *topology {
 		cns.addr(t, "eth0", netip.PrefixFrom(netip.MustParseAddr(c.ip), 24))
 		cns.route(t, netip.MustParsePrefix("0.0.0.0/0"), c.net.Subnet.Addr().Next())
 		cns.whoami(t, "0.0.0.0:80")
+		cns.udpWhoami(t, "0.0.0.0:53", c.name)
 	}
 
 	wire(t, h, "twfup", tp.outside, "eth0")
@@ -112,7 +113,9 @@ func newTopology(t *testing.T) *topology {
 
 func (tp *topology) newFirewall(t *testing.T) *Firewall {
 	t.Helper()
-	fw, err := New(context.Background(), Options{Tunnel: tunnel, Backend: BackendNFT, Runner: tp.host.runner()})
+	fw, err := New(context.Background(), Options{
+		Tunnel: tunnel, Backend: BackendNFT, Runner: tp.host.runner(), Conntrack: NewConntrack(tp.host.h),
+	})
 	must(t, err)
 	return fw
 }
@@ -204,6 +207,30 @@ func TestKernelIsolationMasqueradePublish(t *testing.T) {
 		// Published means that port, through the host: no direct way in.
 		expectBlocked(t, tp.outside, "", "10.201.1.2:80")
 		expectBlocked(t, c3, "", "10.201.1.2:80")
+
+		// UDP, from one client port throughout: its conntrack entry must
+		// follow the port maps (flushed on add and on delete).
+		const client = 40053
+		ask := func(want string) {
+			t.Helper()
+			got, err := tp.outside.askUDP(t, client, hostUp+":5353", time.Second)
+			if want == "" && err == nil {
+				t.Errorf("udp to %s:5353: answered %q, want no answer", hostUp, got)
+			}
+			if want != "" && (err != nil || got != want) {
+				t.Errorf("udp to %s:5353: answer %q, %v; want %q", hostUp, got, err, want)
+			}
+		}
+		ask("") // unpublished: refused, but the flow is tracked now
+		c3DNS := netip.MustParseAddrPort("10.202.1.2:53")
+		must(t, tp.fw.AddPortMap(ctx, netB.Bridge, "udp", netip.MustParseAddr(hostUp), 5353, c3DNS))
+		ask("c3 " + outsideA)
+		must(t, tp.fw.DeletePortMap(ctx, netB.Bridge, "udp", netip.MustParseAddr(hostUp), 5353, c3DNS))
+		c1DNS := netip.MustParseAddrPort("10.201.1.2:53")
+		must(t, tp.fw.AddPortMap(ctx, netA.Bridge, "udp", netip.Addr{}, 5353, c1DNS))
+		ask("c1 " + outsideA)
+		must(t, tp.fw.DeletePortMap(ctx, netA.Bridge, "udp", netip.Addr{}, 5353, c1DNS))
+		ask("")
 
 		must(t, tp.fw.DeletePortMap(ctx, netA.Bridge, "tcp", netip.Addr{}, 8080, c1Web))
 		must(t, tp.fw.DeletePortMap(ctx, netA.Bridge, "tcp", netip.Addr{}, 8080, c1Web)) // again: success

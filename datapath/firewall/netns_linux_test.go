@@ -213,3 +213,48 @@ func (ns *testNS) dial(t *testing.T, from netip.Addr, to string, timeout time.Du
 	line, err := bufio.NewReader(c).ReadString('\n')
 	return strings.TrimSpace(line), err
 }
+
+// udpWhoami answers each datagram on addr inside ns with "name source",
+// naming the server and the address the datagram came from.
+func (ns *testNS) udpWhoami(t *testing.T, addr, name string) {
+	t.Helper()
+	var pc net.PacketConn
+	var err error
+	ns.do(t, func() { pc, err = net.ListenPacket("udp4", addr) })
+	if err != nil {
+		t.Fatalf("listening on udp %s in %s: %v", addr, ns.name, err)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		buf := make([]byte, 64)
+		for {
+			_, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo([]byte(name+" "+from.(*net.UDPAddr).AddrPort().Addr().String()), from)
+		}
+	})
+	t.Cleanup(func() { pc.Close(); wg.Wait() })
+}
+
+// askUDP sends one datagram from ns (from local port fromPort, 0 for any)
+// to to and returns the answer.
+func (ns *testNS) askUDP(t *testing.T, fromPort int, to string, timeout time.Duration) (string, error) {
+	t.Helper()
+	var c net.Conn
+	var err error
+	d := net.Dialer{LocalAddr: &net.UDPAddr{Port: fromPort}}
+	ns.do(t, func() { c, err = d.Dial("udp4", to) })
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(timeout))
+	if _, err := c.Write([]byte("?")); err != nil {
+		return "", err
+	}
+	buf := make([]byte, 64)
+	n, err := c.Read(buf)
+	return string(buf[:n]), err
+}

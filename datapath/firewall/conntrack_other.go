@@ -1,0 +1,5 @@
+//go:build !linux
+
+package firewall
+
+func defaultConntrack() Conntrack { return nil }
