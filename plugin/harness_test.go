@@ -50,6 +50,17 @@ type backends struct {
 }
 
 func newBackends(dir string, log *slog.Logger) (*backends, error) {
+	fake := driver.NewFakeLinks()
+	b, err := newBackendsWith(dir, log, fake)
+	if err != nil {
+		return nil, err
+	}
+	b.links = fake
+	return b, nil
+}
+
+// newBackendsWith is newBackends on the given kernel links.
+func newBackendsWith(dir string, log *slog.Logger, links driver.Links) (*backends, error) {
 	db, err := store.Open(dir, log)
 	if err != nil {
 		return nil, err
@@ -60,8 +71,8 @@ func newBackends(dir string, log *slog.Logger) (*backends, error) {
 		db.Close()
 		return nil, err
 	}
-	b := &backends{db: db, ipam: p, links: driver.NewFakeLinks(), fw: driver.NewFakeFirewall()}
-	b.drv, err = driver.New(log, b.links, b.fw, p, db, driver.Config{MTU: tunnelMTU, PluginName: "twill:latest"})
+	b := &backends{db: db, ipam: p, fw: driver.NewFakeFirewall()}
+	b.drv, err = driver.New(log, links, b.fw, p, db, driver.Config{MTU: tunnelMTU, PluginName: "twill:latest"})
 	if err != nil {
 		db.Close()
 		return nil, err
