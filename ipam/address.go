@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	ipamapi "github.com/docker/go-plugins-helpers/ipam"
+
+	"github.com/twill-net/twill/internal/store"
 )
 
 // RequestAddress hands out an address of the pool: the gateway (Options
@@ -139,6 +141,37 @@ func (p *IPAM) Release(ctx context.Context, addr netip.Addr) error {
 		}
 	}
 	p.mu.Unlock()
+	return nil
+}
+
+// Forget drops every pool on subnet and every address in it, for
+// reconciliation of a network Docker removed while twill could not answer
+// (disabled with -f): its ReleaseAddress and ReleasePool never arrived.
+// An unknown subnet is success.
+func (p *IPAM) Forget(ctx context.Context, prefix netip.Prefix) error {
+	prefix = prefix.Masked()
+	p.mu.Lock()
+	var ops []store.Op
+	for _, pl := range p.pools {
+		if pl.Subnet == prefix {
+			pl.Refs = 1
+			ops = append(ops, p.dropRef(pl)...)
+		}
+	}
+	if s, ok := p.subnets[prefix]; ok { // a subnet without pools: only from load
+		for a := range s.used {
+			ops = append(ops, addressDelete(a))
+		}
+		delete(p.subnets, prefix)
+	}
+	pending := p.store.Submit(ops...)
+	p.mu.Unlock()
+	if err := pending.Wait(); err != nil {
+		return fmt.Errorf("forgetting subnet %s: %w", prefix, err)
+	}
+	if len(ops) > 0 {
+		p.log.Info("subnet forgotten", "subnet", prefix)
+	}
 	return nil
 }
 

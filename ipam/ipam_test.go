@@ -315,3 +315,33 @@ func TestCapabilities(t *testing.T) {
 		t.Fatalf("address spaces %+v", s)
 	}
 }
+
+func TestForgetSubnet(t *testing.T) {
+	st := store.NewMemory()
+	p, _ := newIPAM(t, st)
+	a := requestPool(t, p, "10.96.0.0/16", "")
+	b := requestPool(t, p, "10.96.0.0/16", "10.96.7.128/25")
+	mustAddr(t, p, a.PoolID, "", gwOpts)
+	mustAddr(t, p, b.PoolID, "", nil)
+	other := requestPool(t, p, "10.97.0.0/16", "")
+	mustAddr(t, p, other.PoolID, "", gwOpts)
+	for range 2 {
+		if err := p.Forget(context.Background(), blueHost); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, ok := p.OverlayOf(blueHost); ok {
+		t.Fatal("subnet still known")
+	}
+	if _, err := requestAddr(p, a.PoolID, "", nil); !errors.Is(err, ErrUnknownPool) {
+		t.Fatalf("pool survived: %v", err)
+	}
+	if n := len(p.Allocations()); n != 1 {
+		t.Fatalf("%d allocations left, want the other network's gateway", n)
+	}
+	// A restart agrees.
+	p2, _ := newIPAM(t, st)
+	if _, ok := p2.OverlayOf(blueHost); ok || len(p2.Allocations()) != 1 {
+		t.Fatalf("after restart: %v", p2.Allocations())
+	}
+}

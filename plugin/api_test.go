@@ -253,6 +253,7 @@ func TestObserverSeesEveryCall(t *testing.T) {
 	}})
 	s.c.ok(t, "IpamDriver.RequestPool", reqPoolBlue)
 	s.c.fail(t, "IpamDriver.RequestAddress", `{"PoolID":"nope"}`)
+	s.c.fail(t, "Whatever.YouLike", `{}`)
 	mu.Lock()
 	defer mu.Unlock()
 	if errs := seen["IpamDriver.RequestPool"]; len(errs) != 1 || errs[0] != nil {
@@ -260,6 +261,9 @@ func TestObserverSeesEveryCall(t *testing.T) {
 	}
 	if errs := seen["IpamDriver.RequestAddress"]; len(errs) != 1 || errs[0] == nil {
 		t.Fatalf("RequestAddress observed %v", errs)
+	}
+	if errs := seen["unknown"]; len(errs) != 1 || len(seen) != 3 {
+		t.Fatalf("unknown methods observed as %v", seen)
 	}
 }
 

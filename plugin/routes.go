@@ -196,7 +196,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	resp, status, err := s.handle(w, r, method)
 	d := time.Since(start)
 	if s.observer != nil {
-		s.observer(method, d, err)
+		label := method
+		if _, known := routes[method]; !known {
+			label = "unknown" // keeps metric labels bounded whatever clients send
+		}
+		s.observer(label, d, err)
 	}
 	w.Header().Set("Content-Type", ContentType)
 	if err != nil {
