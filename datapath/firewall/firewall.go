@@ -27,6 +27,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 )
 
 // DefaultTunnel is the overlay's TUN device.
@@ -67,10 +68,17 @@ type Firewall struct {
 	tunnel  string
 	ct      Conntrack // nil: no flushing
 
-	mu       sync.Mutex // guards networks and portMaps, serialises applies
-	networks map[string]Network
-	portMaps map[PortMap]struct{}
+	mu        sync.Mutex // guards the fields below, serialises applies
+	networks  map[string]Network
+	portMaps  map[PortMap]struct{}
+	jumpsSeen time.Time        // when the jumps were last verified
+	now       func() time.Time // the clock, replaced in tests
 }
+
+// jumpRecheck is how long verified jumps are trusted. Checking costs one
+// iptables process per jump (~6 ms each); they only vanish when someone
+// flushes the built-in chains, which a later change or Apply repairs.
+const jumpRecheck = 30 * time.Second
 
 // New returns a Firewall with no networks. It changes nothing in the kernel;
 // with BackendAuto it runs iptables-nft-save and iptables-legacy-save once
@@ -84,6 +92,7 @@ func New(ctx context.Context, opts Options) (*Firewall, error) {
 		ct:       opts.Conntrack,
 		networks: make(map[string]Network),
 		portMaps: make(map[PortMap]struct{}),
+		now:      time.Now,
 	}
 	if f.log == nil {
 		f.log = slog.New(slog.DiscardHandler)
@@ -240,6 +249,7 @@ func (f *Firewall) DeletePortMap(ctx context.Context, bridge, proto string, host
 func (f *Firewall) Apply(ctx context.Context) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.jumpsSeen = time.Time{}
 	return f.applyLocked(ctx, f.networks, f.portMaps)
 }
 
@@ -273,6 +283,7 @@ func (f *Firewall) Cleanup(ctx context.Context) error {
 	}
 	f.networks = make(map[string]Network)
 	f.portMaps = make(map[PortMap]struct{})
+	f.jumpsSeen = time.Time{}
 	return nil
 }
 
@@ -280,6 +291,9 @@ func (f *Firewall) applyLocked(ctx context.Context, nets map[string]Network, pms
 	text := Render(f.stateLocked(nets, pms))
 	if _, err := f.run.Run(ctx, []byte(text), f.bin.restore, "-w", "--noflush"); err != nil {
 		return restoreError(text, err)
+	}
+	if now := f.now(); !f.jumpsSeen.IsZero() && now.Sub(f.jumpsSeen) < jumpRecheck {
+		return nil
 	}
 	for _, j := range jumps {
 		check := append([]string{"-w", "-t", j.table, "-C", j.chain}, j.spec...)
@@ -296,6 +310,7 @@ func (f *Firewall) applyLocked(ctx context.Context, nets map[string]Network, pms
 		}
 		f.log.Info("firewall jump inserted", "table", j.table, "chain", j.chain, "target", j.spec[len(j.spec)-1])
 	}
+	f.jumpsSeen = f.now()
 	return nil
 }
 

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // fakeRunner records commands and answers them with fn.
@@ -83,8 +84,20 @@ func TestApplyInsertsJumpsOnce(t *testing.T) {
 			t.Errorf("missing %q in %q", w, calls)
 		}
 	}
-	// Second change: the jumps are there, only checked.
+	// Second change soon after: the jumps were just verified, only the
+	// chains are rewritten.
+	clock := time.Now()
+	f.now = func() time.Time { return clock }
+	f.jumpsSeen = clock
 	if err := f.EnsureNetwork(ctx, red.Bridge, red.Subnet, red.Overlay, false); err != nil {
+		t.Fatal(err)
+	}
+	if calls, _ = r.take(); len(calls) != 1 {
+		t.Errorf("calls %q, want the restore only", calls)
+	}
+	// Later: checked again, present, not inserted again.
+	clock = clock.Add(jumpRecheck)
+	if err := f.DeleteNetwork(ctx, red.Bridge); err != nil {
 		t.Fatal(err)
 	}
 	calls, _ = r.take()
@@ -95,6 +108,16 @@ func TestApplyInsertsJumpsOnce(t *testing.T) {
 	}
 	if len(calls) != 1+len(jumps) {
 		t.Errorf("calls %q, want restore and %d checks", calls, len(jumps))
+	}
+	// Apply always checks (it is the repair path), and re-inserts what an
+	// admin flushed.
+	delete(present, "FORWARD -j TWILL-FORWARD")
+	if err := f.Apply(ctx); err != nil {
+		t.Fatal(err)
+	}
+	calls, _ = r.take()
+	if !slices.Contains(calls, wantInserts[0]) || len(calls) != 2+len(jumps) {
+		t.Errorf("Apply after a flush ran %q", calls)
 	}
 }
 
@@ -309,5 +332,38 @@ func TestDetectBackend(t *testing.T) {
 	}
 	if _, err := New(context.Background(), Options{Runner: &fakeRunner{}, Backend: "ebpf"}); !errors.Is(err, ErrInvalidArgument) {
 		t.Errorf("unknown backend: %v", err)
+	}
+}
+
+func TestConcurrentChanges(t *testing.T) {
+	f, r := newFake(t)
+	ctx := context.Background()
+	if err := f.EnsureNetwork(ctx, blue.Bridge, blue.Subnet, blue.Overlay, false); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for i := range 50 {
+		wg.Go(func() {
+			c := netip.AddrPortFrom(netip.MustParseAddr("10.96.3.2"), uint16(1000+i))
+			if err := f.AddPortMap(ctx, blue.Bridge, "tcp", netip.Addr{}, uint16(8000+i), c); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if n := len(f.State().PortMaps); n != 50 {
+		t.Fatalf("%d port maps, want 50", n)
+	}
+	// The last restore written holds every map: no change was lost to a
+	// concurrent one.
+	_, stdin := r.take()
+	last := ""
+	for _, in := range stdin {
+		if in != "" {
+			last = in
+		}
+	}
+	if n := strings.Count(last, "-j DNAT"); n != 50 {
+		t.Errorf("last restore has %d DNAT rules, want 50", n)
 	}
 }
