@@ -219,6 +219,9 @@ func TestStartingAndFailedStart(t *testing.T) {
 	c.ok(t, "NetworkDriver.GetCapabilities", "null")
 	c.ok(t, "IpamDriver.GetDefaultAddressSpaces", "null")
 	c.fail(t, "IpamDriver.RequestPool", reqPoolBlue, "twill is starting", "try again")
+	srv.Waiting(errors.New("etcd http://10.0.0.5:2379: connection refused"))
+	c.fail(t, "IpamDriver.RequestPool", reqPoolBlue, "twill is starting", "10.0.0.5:2379: connection refused")
+	srv.Waiting(nil)
 
 	// A call that arrives while starting is answered once Ready comes.
 	b, err := newBackends(t.TempDir(), quiet())
