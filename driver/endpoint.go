@@ -85,11 +85,11 @@ func (d *Driver) CreateEndpoint(ctx context.Context, req *netapi.CreateEndpointR
 }
 
 func (d *Driver) unknownNetwork(id string) error {
-	return fmt.Errorf("network %s: %w to twill on this host (its state was lost, or it was made while twill was disabled): remove and re-create the network", shortID(id), ErrUnknownNetwork)
+	return fmt.Errorf("network %s is %w (its state was lost, or it was made while twill was disabled): remove and re-create the network", shortID(id), ErrUnknownNetwork)
 }
 
 func (d *Driver) unknownEndpoint(id string) error {
-	return fmt.Errorf("endpoint %s: %w to twill on this host: restart the container", shortID(id), ErrUnknownEndpoint)
+	return fmt.Errorf("endpoint %s is %w: restart the container", shortID(id), ErrUnknownEndpoint)
 }
 
 // lookup returns the endpoint and its network. d.mu held.

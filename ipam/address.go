@@ -30,7 +30,7 @@ func (p *IPAM) RequestAddress(ctx context.Context, req *ipamapi.RequestAddressRe
 	pl, ok := p.pools[req.PoolID]
 	if !ok {
 		p.mu.Unlock()
-		return nil, fmt.Errorf("pool %q: %w to twill on this host (its state was lost or it belongs to another IPAM): remove and re-create the network", req.PoolID, ErrUnknownPool)
+		return nil, fmt.Errorf("pool %q is %w (its state was lost, or it belongs to another IPAM): remove and re-create the network", req.PoolID, ErrUnknownPool)
 	}
 	s := p.subnets[pl.Subnet]
 	addr, err := p.pick(pl, s, want, gateway)

@@ -41,7 +41,7 @@ func (p *IPAM) RequestPool(ctx context.Context, req *ipamapi.RequestPoolRequest)
 			keys = append(keys, k)
 		}
 		sort.Strings(keys)
-		return nil, fmt.Errorf("--ipam-opt %s: %w: twill's IPAM takes no options; leave them out", strings.Join(keys, ", "), ErrBadRequest)
+		return nil, fmt.Errorf("--ipam-opt %s: %w: twill's IPAM takes no options; leave them out", strings.Join(keys, ", "), ErrBadOption)
 	}
 	overlay := p.overlays.Default()
 	if req.Pool != "" {

@@ -206,7 +206,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		s.log.Warn("plugin call failed", "method", method, "status", status, "duration", d, "err", err)
 		w.WriteHeader(status)
-		json.NewEncoder(w).Encode(errorResponse{Err: "twill: " + err.Error()})
+		msg := err.Error()
+		if !strings.HasPrefix(msg, "twill") {
+			msg = "twill: " + msg // Docker's message names the method, not the plugin
+		}
+		json.NewEncoder(w).Encode(errorResponse{Err: msg})
 		return
 	}
 	s.log.Debug("plugin call", "method", method, "duration", d)

@@ -11,7 +11,8 @@
 // so that Docker shows a reason rather than a timeout.
 //
 // Errors: a failed call is logged once here and answered with HTTP 500 and
-// {"Err":"twill: <message>"}; Docker shows "<Method>: twill: <message>".
+// {"Err":"twill: <message>"} (no second prefix when the message already
+// starts with "twill"); Docker shows "<Method>: twill: <message>".
 // Malformed JSON is a 400, a body over 1 MiB a 413, an unknown method a
 // 404, all with the same {"Err": ...} shape.
 package plugin
