@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -33,6 +34,7 @@ type config struct {
 	ControlSocket string
 	MetricsAddr   string
 	PluginDir     string
+	PluginName    string // how users name twill in -d and --ipam-driver
 	LogLevel      slog.Level
 	LogFormat     string
 }
@@ -62,6 +64,7 @@ var settings = []setting{
 	{"TWILL_LOG_LEVEL", "log-level", "info", "debug, info, warn or error"},
 	{"TWILL_LOG_FORMAT", "log-format", "auto", "text, json, or auto (text on a terminal, JSON otherwise)"},
 	{"", "plugin-dir", "/run/docker/plugins", "where twill.sock is created"},
+	{"TWILL_PLUGIN_NAME", "plugin-name", "", "the driver name users give -d and --ipam-driver, for error messages; empty = twill:latest in a managed plugin, twill otherwise"},
 }
 
 // parseConfig reads settings from args (flags) and env (a lookup such as
@@ -191,6 +194,13 @@ func parseConfig(args []string, env func(string) (string, bool), usage io.Writer
 		}
 	}
 	c.PluginDir = get["plugin-dir"]
+	c.PluginName = get["plugin-name"]
+	if c.PluginName == "" {
+		c.PluginName = "twill"
+		if os.Getpid() == 1 { // a managed plugin runs in its own PID namespace
+			c.PluginName = "twill:latest"
+		}
+	}
 	if err := c.LogLevel.UnmarshalText([]byte(get["log-level"])); err != nil {
 		bad("log-level", "want debug, info, warn or error")
 	}

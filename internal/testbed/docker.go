@@ -20,6 +20,9 @@ import (
 // namespace, renames it, sets its address and routes.
 type Docker struct {
 	Socket string
+	// HostNS is the namespace the plugin runs in, where Join's veth appears;
+	// empty means the test's own namespace.
+	HostNS string
 	hc     *http.Client
 }
 
@@ -152,7 +155,11 @@ func (d *Docker) Run(t testing.TB, n Network, ns, endpoint string) Container {
 		t.Fatal(err)
 	}
 	src := join.InterfaceName.SrcName
-	Must(t, "ip", "link", "set", src, "netns", ns)
+	if d.HostNS != "" {
+		Must(t, "ip", "-n", d.HostNS, "link", "set", src, "netns", ns)
+	} else {
+		Must(t, "ip", "link", "set", src, "netns", ns)
+	}
 	MustIn(t, ns, "ip", "link", "set", src, "name", "eth0")
 	if ep.Interface.MacAddress != "" {
 		MustIn(t, ns, "ip", "link", "set", "eth0", "address", ep.Interface.MacAddress)

@@ -1,0 +1,292 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/twill-net/twill/internal/control"
+	"github.com/twill-net/twill/internal/testbed"
+)
+
+// cluster is a set of twilld hosts in namespaces on one underlay, with one
+// real etcd server, each host with a Docker-like client on its plugin socket.
+type cluster struct {
+	t      *testing.T
+	bed    *testbed.Bed
+	etcd   string
+	prefix string
+	dir    string
+	hosts  map[int]*host
+}
+
+type host struct {
+	n      int
+	ns     string
+	dir    string
+	proc   *testbed.Proc
+	docker *testbed.Docker
+	ctl    *control.Client
+	net    testbed.Network
+}
+
+func newCluster(t *testing.T, prefix string) *cluster {
+	testbed.RequireRoot(t)
+	bed := testbed.New(t, prefix, netip.MustParsePrefix("10.199.0.0/24"))
+	// etcd lives on the underlay bridge's own address.
+	testbed.MustIn(t, bed.UnderlayNS(), "ip", "addr", "add", "10.199.0.250/24", "dev", "br0")
+	_, url := testbed.StartEtcd(t, bed.UnderlayNS(), netip.MustParseAddr("10.199.0.250"), 2379)
+	return &cluster{t: t, bed: bed, etcd: url, prefix: "/twtest/" + prefix, dir: t.TempDir(), hosts: map[int]*host{}}
+}
+
+// start runs twilld on host n (making the namespace the first time) and
+// waits until its control socket answers.
+func (c *cluster) start(n int, extra ...string) *host {
+	t := c.t
+	t.Helper()
+	h := c.hosts[n]
+	if h == nil {
+		h = &host{n: n, ns: c.bed.AddHost(fmt.Sprintf("h%d", n), n, 0), dir: filepath.Join(c.dir, fmt.Sprintf("h%d", n))}
+		os.MkdirAll(h.dir, 0o700)
+		h.docker = testbed.NewDocker(filepath.Join(h.dir, "twill.sock"))
+		h.docker.HostNS = h.ns
+		h.ctl = control.NewClient(filepath.Join(h.dir, "ctl.sock"))
+		c.hosts[n] = h
+	}
+	args := []string{
+		"--etcd-endpoints", c.etcd, "--etcd-prefix", c.prefix, "--iface", "ul0",
+		"--state-dir", h.dir, "--plugin-dir", h.dir, "--control-socket", filepath.Join(h.dir, "ctl.sock"),
+		"--subnet-env", filepath.Join(h.dir, "subnet.env"), "--metrics-addr", "", "--log-level", "debug",
+	}
+	h.proc = testbed.Start(t, h.ns, filepath.Join(h.dir, "twilld.log"), []string{"TWILL_TEST_ROLE=twilld"}, os.Args[0], append(args, extra...)...)
+	err := testbed.WaitFor(context.Background(), 20*time.Second, func() error {
+		if h.proc.Exited() {
+			return fmt.Errorf("twilld exited")
+		}
+		var s control.Status
+		if err := h.ctl.Get(context.Background(), "status", &s); err != nil {
+			return err
+		}
+		if len(s.Overlays) == 0 {
+			return fmt.Errorf("no lease yet")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("twilld on h%d not ready: %v\n%s", n, err, h.proc.Tail(4000))
+	}
+	return h
+}
+
+func (c *cluster) status(h *host) control.Status {
+	c.t.Helper()
+	var s control.Status
+	if err := h.ctl.Get(context.Background(), "status", &s); err != nil {
+		c.t.Fatal(err)
+	}
+	return s
+}
+
+func (c *cluster) peers(h *host) control.Peers {
+	c.t.Helper()
+	var p control.Peers
+	if err := h.ctl.Get(context.Background(), "peers", &p); err != nil {
+		c.t.Fatal(err)
+	}
+	return p
+}
+
+// container makes a container namespace on host h joined to its network.
+func (c *cluster) container(h *host, name string) testbed.Container {
+	ns := c.bed.AddNS(name)
+	return h.docker.Run(c.t, h.net, ns, testbed.ID(name))
+}
+
+func ping(ns string, dst netip.Addr) error {
+	_, err := testbed.In(ns, "busybox", "ping", "-c", "1", "-W", "1", dst.String())
+	return err
+}
+
+func mustPing(t *testing.T, from string, dst netip.Addr) {
+	t.Helper()
+	// ARP and the first peer update may take a moment.
+	if err := testbed.WaitFor(context.Background(), 5*time.Second, func() error { return ping(from, dst) }); err != nil {
+		t.Errorf("ping %s -> %s: %v", from, dst, err)
+	}
+}
+
+// transfer moves size bytes over TCP from namespace src to dst (listening on
+// addr:port) and checks that both ends saw the same bytes.
+func transfer(t *testing.T, src, dst string, addr netip.Addr, port int, size int64) time.Duration {
+	t.Helper()
+	var sink string
+	var sinkErr error
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		sink, sinkErr = testbed.In(dst, "env", "TWILL_TEST_ROLE=sink", os.Args[0], fmt.Sprintf("%s:%d", addr, port))
+	}()
+	start := time.Now()
+	source, err := testbed.In(src, "env", "TWILL_TEST_ROLE=source", os.Args[0], fmt.Sprintf("%s:%d", addr, port), fmt.Sprint(size))
+	wg.Wait()
+	took := time.Since(start)
+	if err != nil || sinkErr != nil {
+		t.Fatalf("transfer %s -> %s: source: %v %s; sink: %v %s", src, dst, err, source, sinkErr, sink)
+	}
+	got := strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(sink), "listening"))
+	want := strings.TrimSpace(source)
+	if got != want {
+		t.Fatalf("transfer %s -> %s: sink saw %q, source sent %q", src, dst, got, want)
+	}
+	return took
+}
+
+func TestOverlayAcrossThreeHosts(t *testing.T) {
+	c := newCluster(t, "twk1")
+	ctrs := map[int]testbed.Container{}
+	for n := 1; n <= 3; n++ {
+		h := c.start(n)
+		h.net = h.docker.CreateNetwork(t, testbed.ID(fmt.Sprintf("blue-h%d", n)), "10.96.0.0/16", nil)
+		ctrs[n] = c.container(h, fmt.Sprintf("c%d", n))
+	}
+	subnets := map[netip.Prefix]int{}
+	for n, h := range c.hosts {
+		s := c.status(h)
+		p := netip.MustParsePrefix(s.Overlays[0].Subnet)
+		if other, dup := subnets[p]; dup {
+			t.Fatalf("h%d and h%d hold the same subnet %s", n, other, p)
+		}
+		subnets[p] = n
+		if !p.Contains(ctrs[n].Addr.Addr()) {
+			t.Errorf("h%d's container %s is outside its subnet %s", n, ctrs[n].Addr, p)
+		}
+		env, err := os.ReadFile(filepath.Join(h.dir, "subnet.env"))
+		if err != nil || !strings.Contains(string(env), "FLANNEL_NETWORK=10.96.0.0/16") {
+			t.Errorf("h%d subnet.env: %v %s", n, err, env)
+		}
+	}
+
+	t.Run("ping every pair", func(t *testing.T) {
+		for a := 1; a <= 3; a++ {
+			for b := 1; b <= 3; b++ {
+				if a != b {
+					mustPing(t, ctrs[a].NS, ctrs[b].Addr.Addr())
+				}
+			}
+		}
+	})
+	t.Run("host to remote container and remote twill0", func(t *testing.T) {
+		for a := 1; a <= 3; a++ {
+			for b := 1; b <= 3; b++ {
+				if a == b {
+					continue
+				}
+				mustPing(t, c.hosts[a].ns, ctrs[b].Addr.Addr())
+				remote := netip.MustParsePrefix(c.status(c.hosts[b]).Overlays[0].Subnet).Addr()
+				mustPing(t, c.hosts[a].ns, remote)
+			}
+		}
+	})
+	t.Run("100 MB each way, sha256 checked", func(t *testing.T) {
+		for _, p := range [][2]int{{1, 2}, {2, 3}, {3, 1}, {2, 1}} {
+			took := transfer(t, ctrs[p[0]].NS, ctrs[p[1]].NS, ctrs[p[1]].Addr.Addr(), 5001, 100<<20)
+			t.Logf("c%d -> c%d: 100 MiB in %v (%.2f Gbit/s)", p[0], p[1], took.Round(time.Millisecond), float64(100<<23)/took.Seconds()/1e9)
+		}
+	})
+	t.Run("a fourth host joins while traffic flows", func(t *testing.T) {
+		done := make(chan time.Duration, 1)
+		go func() { done <- transfer(t, ctrs[1].NS, ctrs[2].NS, ctrs[2].Addr.Addr(), 5002, 300<<20) }()
+		h4 := c.start(4)
+		h4.net = h4.docker.CreateNetwork(t, testbed.ID("blue-h4"), "10.96.0.0/16", nil)
+		c4 := c.container(h4, "c4")
+		joined := time.Now()
+		for n := 1; n <= 3; n++ {
+			mustPing(t, ctrs[n].NS, c4.Addr.Addr())
+			mustPing(t, c4.NS, ctrs[n].Addr.Addr())
+		}
+		t.Logf("h4 reachable from every host %v after its container started", time.Since(joined).Round(time.Millisecond))
+		<-done
+		ctrs[4] = c4
+	})
+	t.Run("a host leaves and its routes go", func(t *testing.T) {
+		h3 := c.hosts[3]
+		sub3 := c.status(h3).Overlays[0].Subnet
+		if err := h3.ctl.Leave(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		h3.proc.Signal(syscall.SIGTERM)
+		start := time.Now()
+		err := testbed.WaitFor(context.Background(), 3*time.Second, func() error {
+			for _, n := range []int{1, 2, 4} {
+				for _, p := range c.peers(c.hosts[n]).Peers {
+					if p.Subnet == sub3 {
+						return fmt.Errorf("h%d still has a peer for %s", n, sub3)
+					}
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("h3's subnet gone from every peer table after %v", time.Since(start).Round(time.Millisecond))
+		if ping(ctrs[1].NS, ctrs[3].Addr.Addr()) == nil {
+			t.Errorf("c1 still reaches c3 after h3 left")
+		}
+		mustPing(t, ctrs[1].NS, ctrs[2].Addr.Addr())
+	})
+}
+
+func TestHostileTunnelTraffic(t *testing.T) {
+	c := newCluster(t, "twk2")
+	h1, h2 := c.start(1), c.start(2)
+	h1.net = h1.docker.CreateNetwork(t, testbed.ID("red-h1"), "10.96.0.0/16", nil)
+	h2.net = h2.docker.CreateNetwork(t, testbed.ID("red-h2"), "10.96.0.0/16", nil)
+	c1 := c.container(h1, "hc1")
+	mustPing(t, h2.ns, c1.Addr.Addr())
+	rogue := c.bed.AddHost("rg", 9, 0) // on the underlay, holds no lease
+
+	before := c.peers(h1).Drops
+	// A UDP listener in c1 counts what reaches it while forged traffic arrives.
+	var got string
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		got, _ = testbed.In(c1.NS, "env", "TWILL_TEST_ROLE=udpcount", os.Args[0], c1.Addr.Addr().String()+":7777", "4s")
+	}()
+	time.Sleep(500 * time.Millisecond)
+	target := c.bed.Addr(1).String() + ":8285"
+	h2sub := netip.MustParsePrefix(c.status(h2).Overlays[0].Subnet)
+	forged := []struct{ ns, src string }{
+		{rogue, "10.96.77.5"},                 // no lease at all
+		{rogue, h2sub.Addr().Next().String()}, // claims a real host's subnet from the wrong address
+		{h2.ns, "10.96.200.9"},                // a real peer's address, a source outside its subnet
+	}
+	for _, f := range forged {
+		testbed.MustIn(t, f.ns, "env", "TWILL_TEST_ROLE=forge", os.Args[0], target, f.src, c1.Addr.Addr().String(), "7777", "50")
+	}
+	wg.Wait()
+	if n := strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(got), "listening")); n != "0" {
+		t.Errorf("forged datagrams reached the container: %s", n)
+	}
+	after := c.peers(h1).Drops
+	var total uint64
+	for reason, n := range after {
+		total += n - before[reason]
+	}
+	// 3 senders x 50 x 4 datagrams each.
+	if total < 600 {
+		t.Errorf("drops went up by %d, want at least 600: %v", total, after)
+	}
+	t.Logf("drops after hostile traffic: %v", after)
+	mustPing(t, h2.ns, c1.Addr.Addr())
+}

@@ -1,0 +1,312 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/twill-net/twill/datapath/firewall"
+	"github.com/twill-net/twill/datapath/links"
+	"github.com/twill-net/twill/datapath/overlay"
+	"github.com/twill-net/twill/driver"
+	"github.com/twill-net/twill/internal/control"
+	"github.com/twill-net/twill/internal/etcdserver"
+	"github.com/twill-net/twill/internal/metrics"
+	"github.com/twill-net/twill/internal/store"
+	"github.com/twill-net/twill/internal/subnet"
+	"github.com/twill-net/twill/ipam"
+	"github.com/twill-net/twill/plugin"
+)
+
+// node is one running host: its state, lease, datapath and drivers.
+type node struct {
+	cfg      config
+	log      *slog.Logger
+	metrics  *metrics.Metrics
+	started  time.Time
+	under    underlay
+	publicIP netip.Addr
+	mtu      int
+
+	db     *store.DB
+	etcd   *etcdserver.Server // nil with an external etcd
+	cli    *clientv3.Client
+	leases *subnet.Manager
+	fwd    *overlay.Forwarder
+	fw     *firewall.Firewall
+	drv    *driver.Driver
+	ipam   *ipam.IPAM
+
+	envMu     sync.Mutex // serialises subnet.env writes
+	closeOnce sync.Once
+}
+
+// fatal reports errors that retrying cannot fix: the operator has to change
+// a setting (or etcd's content) first.
+func fatal(err error) bool {
+	for _, e := range []error{subnet.ErrBadConfig, subnet.ErrEtcdTLS, subnet.ErrPublicIPInUse, subnet.ErrOverlayOverlap} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+// startHost brings the host up in dependency order. Errors say what to set.
+func startHost(ctx context.Context, cfg config, log *slog.Logger, srv *plugin.Server, m *metrics.Metrics) (n *node, err error) {
+	n = &node{cfg: cfg, log: log, metrics: m, started: time.Now()}
+	defer func() {
+		if err != nil {
+			n.close()
+		}
+	}()
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("state directory %s (TWILL_STATE_DIR): %w", cfg.StateDir, err)
+	}
+	if n.db, err = store.Open(cfg.StateDir, log); err != nil {
+		return nil, err
+	}
+	if n.under, err = findUnderlay(cfg.Iface); err != nil {
+		return nil, err
+	}
+	n.publicIP = cfg.PublicIP
+	if !n.publicIP.IsValid() {
+		n.publicIP = n.under.Addr
+	}
+	if !n.publicIP.IsValid() {
+		return nil, fmt.Errorf("underlay interface %s has no IPv4 address: set TWILL_IFACE to the interface other hosts reach this one on, or TWILL_PUBLIC_IP", n.under.Name)
+	}
+	n.mtu = cfg.MTU
+	if n.mtu == 0 {
+		n.mtu = n.under.MTU - 28 // outer IPv4 and UDP headers
+	}
+
+	endpoints := cfg.EtcdEndpoints
+	if len(endpoints) == 0 {
+		err = retry(ctx, log, srv, "starting the embedded etcd", func(error) bool { return false }, func() error {
+			var err error
+			n.etcd, err = etcdserver.Start(ctx, filepath.Join(cfg.StateDir, "etcd"), log)
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
+		endpoints = n.etcd.Endpoints()
+		log.Info("embedded etcd started (single host; set ETCD_ENDPOINTS for several)", "endpoints", endpoints)
+	}
+	dial := subnet.DialConfig{Endpoints: endpoints, CAFile: cfg.EtcdCAFile, CertFile: cfg.EtcdCertFile, KeyFile: cfg.EtcdKeyFile}
+	err = retry(ctx, log, srv, "connecting to etcd", fatal, func() error {
+		var err error
+		n.cli, err = subnet.Dial(ctx, dial)
+		if err != nil {
+			m.EtcdError("dial")
+		}
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	err = retry(ctx, log, srv, "leasing this host's subnet", fatal, func() error {
+		var err error
+		n.leases, err = subnet.New(ctx, subnet.Options{
+			Client: n.cli, Prefix: cfg.EtcdPrefix, Network: cfg.Network, Port: int(cfg.Port),
+			PublicIP: n.publicIP, Store: subnet.NewFileStore(filepath.Join(cfg.StateDir, "leases.json")),
+			Log: log,
+		})
+		if err != nil {
+			m.EtcdError("lease")
+		}
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+
+	n.fwd, err = overlay.Open(overlay.Config{MTU: n.mtu, PublicIP: n.under.Addr, Port: cfg.Port, Offload: cfg.Offload, Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("%w (twill needs /dev/net/tun and CAP_NET_ADMIN; TWILL_PUBLIC_IP/TWILL_IFACE choose the address, TWILL_PORT the port)", err)
+	}
+	for _, l := range n.leases.Leases() {
+		if err := n.joinOverlay(l.Overlay, l.Subnet); err != nil {
+			return nil, err
+		}
+	}
+
+	lk, err := links.New(log)
+	if err != nil {
+		return nil, err
+	}
+	if n.fw, err = firewall.New(ctx, firewall.Options{Log: log}); err != nil {
+		return nil, err
+	}
+	if n.ipam, err = ipam.New(log, overlays{n}, n.db); err != nil {
+		return nil, err
+	}
+	if n.drv, err = driver.New(log, lk, n.fw, n.ipam, n.db, driver.Config{MTU: n.mtu, PluginName: cfg.PluginName}); err != nil {
+		return nil, err
+	}
+	rep, err := n.drv.Reconcile(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("reconciling persisted networks with the kernel: %w", err)
+	}
+	if err := n.fw.Apply(ctx); err != nil {
+		return nil, err
+	}
+	log.Info("reconciled", "networks", rep.Networks, "endpoints", rep.Endpoints, "published", rep.Published, "removed_links", rep.RemovedLinks)
+	for _, v := range rep.Vanished {
+		log.Warn("endpoint lost its veth while twilld was down; Docker will recreate it when the container restarts", "endpoint", v)
+	}
+	srv.Ready(n.drv, n.ipam)
+	st := n.fwd.Stats()
+	log.Info("twilld ready", "public_ip", n.publicIP, "underlay", n.under.Name, "mtu", n.mtu, "datapath", st.Path)
+	return n, nil
+}
+
+// joinOverlay puts this host's lease of overlay on twill0 and, for the
+// default overlay, writes flannel's subnet.env.
+func (n *node) joinOverlay(ov, sn netip.Prefix) error {
+	if err := n.fwd.AddOverlay(ov, sn); err != nil {
+		return fmt.Errorf("adding overlay %s (this host's subnet %s) to twill0: %w", ov, sn, err)
+	}
+	if n.cfg.SubnetEnv != "" && ov == n.leases.Default() {
+		n.envMu.Lock()
+		defer n.envMu.Unlock()
+		if err := subnet.WriteEnv(n.cfg.SubnetEnv, subnet.Env{Network: ov, Subnet: sn, MTU: n.mtu}); err != nil {
+			n.log.Warn("writing flannel's subnet.env", "path", n.cfg.SubnetEnv, "err", err)
+		}
+	}
+	return nil
+}
+
+// follow applies lease events to the datapath until ctx ends.
+func (n *node) follow(ctx context.Context) {
+	for ev := range n.leases.Subscribe(ctx) {
+		l := ev.Lease
+		switch {
+		case ev.Own && ev.Type == subnet.Added:
+			if err := n.joinOverlay(l.Overlay, l.Subnet); err != nil {
+				n.log.Error("applying own lease", "err", err)
+			}
+		case ev.Own:
+			if err := n.fwd.RemoveOverlay(l.Overlay); err != nil {
+				n.log.Error("removing overlay", "overlay", l.Overlay, "err", err)
+			}
+		case l.Attrs.BackendType != "" && l.Attrs.BackendType != "udp":
+			n.log.Warn("peer uses another flannel backend; twill speaks udp only, so its subnet is unreachable", "subnet", l.Subnet, "backend", l.Attrs.BackendType, "peer", l.Attrs.PublicIP)
+		case ev.Type == subnet.Added:
+			port := int(n.cfg.Port)
+			if c, ok := n.leases.Config(l.Overlay); ok && c.Port != 0 {
+				port = c.Port
+			}
+			peer := netip.AddrPortFrom(l.Attrs.PublicIP, uint16(port))
+			if err := n.fwd.SetPeer(l.Subnet, peer); err != nil {
+				n.log.Error("adding peer", "subnet", l.Subnet, "peer", peer, "err", err)
+			} else {
+				n.log.Debug("peer up", "subnet", l.Subnet, "peer", peer)
+			}
+		default:
+			if err := n.fwd.RemovePeer(l.Subnet); err != nil {
+				n.log.Error("removing peer", "subnet", l.Subnet, "err", err)
+			} else {
+				n.log.Info("peer removed", "subnet", l.Subnet, "peer", l.Attrs.PublicIP)
+			}
+		}
+	}
+}
+
+// serve runs the datapath, lease events, control socket and metrics until
+// ctx ends, then shuts down. Leases stay in etcd so a restart keeps them.
+func (n *node) serve(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make(chan error, 3)
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		if err := n.fwd.Run(ctx); err != nil {
+			errs <- fmt.Errorf("datapath: %w", err)
+		}
+		cancel()
+	}()
+	go func() { defer wg.Done(); n.follow(ctx) }()
+
+	ln, err := control.Listen(n.cfg.ControlSocket)
+	if err != nil {
+		cancel()
+		n.close()
+		wg.Wait()
+		return err
+	}
+	cs := &http.Server{Handler: control.Handler(n, n.log), ReadHeaderTimeout: 5 * time.Second}
+	wg.Add(1)
+	go func() { defer wg.Done(); cs.Serve(ln) }()
+	if n.cfg.MetricsAddr != "" {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := n.metrics.Serve(ctx, n.cfg.MetricsAddr, n.log); err != nil {
+				n.log.Error("metrics", "err", err)
+			}
+		}()
+	}
+	<-ctx.Done()
+	cs.Close()
+	n.close() // ends Run and follow's subscription
+	wg.Wait()
+	select {
+	case err := <-errs:
+		return err
+	default:
+		return nil
+	}
+}
+
+// close releases what startHost opened, in reverse order. It is safe on a
+// partly started node.
+func (n *node) close() { n.closeOnce.Do(n.closeAll) }
+
+func (n *node) closeAll() {
+	if n.fwd != nil {
+		n.fwd.Close()
+	}
+	if n.leases != nil {
+		n.leases.Close()
+	}
+	if n.cli != nil {
+		n.cli.Close()
+	}
+	if n.etcd != nil {
+		n.etcd.Close()
+	}
+	if n.db != nil {
+		n.db.Close()
+	}
+}
+
+// overlays gives the IPAM this host's subnets, joining twill0 to an overlay
+// the first time a network asks for it.
+type overlays struct{ n *node }
+
+func (o overlays) Default() netip.Prefix { return o.n.leases.Default() }
+
+func (o overlays) Subnet(ctx context.Context, ov netip.Prefix) (netip.Prefix, error) {
+	sn, err := o.n.leases.Subnet(ctx, ov)
+	if err != nil {
+		o.n.metrics.EtcdError("lease")
+		return netip.Prefix{}, err
+	}
+	if err := o.n.joinOverlay(ov, sn); err != nil {
+		return netip.Prefix{}, err
+	}
+	return sn, nil
+}

@@ -1,0 +1,109 @@
+package main
+
+import (
+	"context"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/twill-net/twill/internal/control"
+	"github.com/twill-net/twill/internal/subnet"
+)
+
+// The node is twillctl's control.Source.
+var _ control.Source = (*node)(nil)
+
+func (n *node) Status(ctx context.Context) (control.Status, error) {
+	st := n.fwd.Stats()
+	host, _ := os.Hostname()
+	s := control.Status{
+		Hostname: host, PublicIP: n.publicIP.String(), Port: int(n.cfg.Port), Underlay: n.under.Name,
+		MTU: n.mtu, Offload: st.Path, StartedAt: n.started, UptimeSecond: time.Since(n.started).Seconds(),
+		Etcd: strings.Join(n.cli.Endpoints(), ","),
+	}
+	if n.etcd != nil {
+		s.Etcd += " (embedded)"
+	}
+	hctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if _, err := n.cli.Get(hctx, n.cfg.EtcdPrefix+"/config"); err != nil {
+		s.EtcdError = err.Error()
+		n.metrics.EtcdError("health")
+	} else {
+		s.EtcdHealthy = true
+	}
+	def := n.leases.Default()
+	for _, l := range n.leases.Leases() {
+		s.Overlays = append(s.Overlays, control.OverlayLease{Network: l.Overlay.String(), Subnet: l.Subnet.String(), Expiry: l.Expiration, Default: l.Overlay == def})
+	}
+	return s, nil
+}
+
+func (n *node) Leases(ctx context.Context) ([]control.Lease, error) { return n.leaseViews(), nil }
+
+func (n *node) leaseViews() []control.Lease {
+	own := map[string]subnet.Lease{}
+	for _, l := range n.leases.Leases() {
+		own[l.Subnet.String()] = l
+	}
+	var out []control.Lease
+	for _, l := range n.leases.AllLeases() {
+		_, self := own[l.Subnet.String()]
+		exp := l.Expiration
+		if o, ok := own[l.Subnet.String()]; ok {
+			exp = o.Expiration
+		}
+		out = append(out, control.Lease{
+			Network: l.Overlay.String(), Subnet: l.Subnet.String(), PublicIP: l.Attrs.PublicIP.String(),
+			BackendType: l.Attrs.BackendType, Expiry: exp, Self: self,
+			Flanneld: l.Attrs.BackendType != "" && l.Attrs.BackendType != "udp",
+		})
+	}
+	return out
+}
+
+func (n *node) Peers(ctx context.Context) (control.Peers, error) { return n.peerViews(), nil }
+
+func (n *node) peerViews() control.Peers {
+	st := n.fwd.Stats()
+	p := control.Peers{Drops: st.Drops}
+	for _, x := range st.Peers {
+		p.Peers = append(p.Peers, control.Peer{
+			Subnet: x.Subnet.String(), Addr: x.Addr.String(), PacketsIn: x.PacketsIn, PacketsOut: x.PacketsOut,
+			BytesIn: x.BytesIn, BytesOut: x.BytesOut, LastSeen: x.LastSeen,
+		})
+	}
+	return p
+}
+
+func (n *node) Networks(ctx context.Context) ([]control.Network, error) {
+	var out []control.Network
+	for _, x := range n.drv.Networks() {
+		out = append(out, control.Network{ID: x.ID, Bridge: x.Bridge, Overlay: x.Overlay.String(), Subnet: x.Subnet.String(),
+			Gateway: x.Gateway.String(), Internal: x.Internal, MTU: x.MTU, Endpoints: x.Endpoints})
+	}
+	return out, nil
+}
+
+func (n *node) Endpoints(ctx context.Context) ([]control.Endpoint, error) {
+	var out []control.Endpoint
+	for _, x := range n.drv.Endpoints() {
+		out = append(out, control.Endpoint{ID: x.ID, Network: x.Network, Address: x.Address.String(), MAC: x.MAC, Veth: x.Veth})
+	}
+	return out, nil
+}
+
+func (n *node) Leave(ctx context.Context) error {
+	n.log.Info("leaving: revoking this host's leases")
+	return n.leases.Release(ctx)
+}
+
+// allocations counts held addresses per subnet (one per Docker network on
+// this host), for metrics.
+func (n *node) allocations() map[string]int {
+	out := map[string]int{}
+	for _, a := range n.ipam.Allocations() {
+		out[a.Subnet.String()]++
+	}
+	return out
+}
