@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -310,7 +311,7 @@ func TestPortMapParsing(t *testing.T) {
 	}
 	want := []PortMap{
 		{Proto: "udp", HostIP: netip.MustParseAddr("127.0.0.1"), HostPort: 5353, Container: netip.MustParseAddrPort("10.96.7.50:53")},
-		{Proto: "tcp", HostPort: 8443, Container: netip.MustParseAddrPort("10.96.7.50:443")},
+		{Proto: "tcp", HostPort: 8443, Container: netip.MustParseAddrPort("10.96.7.50:443"), hostPortEnd: 8450},
 	}
 	if len(got) != len(want) || got[0] != want[0] || got[1] != want[1] {
 		t.Fatalf("got %+v, want %+v", got, want)
@@ -386,5 +387,56 @@ func TestCapabilities(t *testing.T) {
 	b, _ := json.Marshal(GetCapabilities())
 	if string(b) != `{"Scope":"local","ConnectivityScope":"global"}` {
 		t.Fatalf("capabilities %s", b)
+	}
+}
+
+func TestJoinRecreatesMissingBridge(t *testing.T) {
+	r := newRig(t, nil)
+	r.createNetwork(t)
+	ctx := context.Background()
+	r.links.DeleteBridge(ctx, "tw-5c87f637") // someone ran ip link del
+	r.attach(t, epID, "10.96.7.50/24")
+	if _, ok := r.links.Bridge("tw-5c87f637"); !ok {
+		t.Fatal("bridge not re-created")
+	}
+	if v, ok := r.links.Veth("twv896c02fc"); !ok || v.Bridge != "tw-5c87f637" {
+		t.Fatalf("veth %+v %v", v, ok)
+	}
+}
+
+func TestPortRanges(t *testing.T) {
+	r := newRig(t, nil)
+	r.createNetwork(t)
+	ctx := context.Background()
+	ranged := `"Options":{"com.docker.network.portmap":[{"Proto":6,"IP":"","Port":80,"HostIP":"","HostPort":8080,"HostPortEnd":8081}]}`
+	var eps []string
+	for i, addr := range []string{"10.96.7.50/24", "10.96.7.51/24", "10.96.7.52/24"} {
+		ep := fmt.Sprintf("%08x", 0xe0+i) + epID[8:]
+		eps = append(eps, ep)
+		r.attach(t, ep, addr)
+		err := r.d.ProgramExternalConnectivity(ctx, decode[netapi.ProgramExternalConnectivityRequest](t, `{"NetworkID":"`+netID+`","EndpointID":"`+ep+`",`+ranged+`}`))
+		if i < 2 && err != nil {
+			t.Fatalf("container %d: %v", i, err)
+		}
+		if i == 2 && (!errors.Is(err, ErrPortTaken) || !strings.Contains(err.Error(), "8080-8081/tcp")) {
+			t.Fatalf("third container on a two-port range: %v", err)
+		}
+	}
+	pm := r.fw.PortMaps()
+	if pm["tw-5c87f637 tcp *:8080"].String() != "10.96.7.50:80" || pm["tw-5c87f637 tcp *:8081"].String() != "10.96.7.51:80" || len(pm) != 2 {
+		t.Fatalf("port maps %v", pm)
+	}
+	// The chosen port is what is persisted and reported.
+	info, _ := r.d.EndpointOperInfo(ctx, &netapi.InfoRequest{NetworkID: netID, EndpointID: eps[1]})
+	if b, _ := json.Marshal(info); !strings.Contains(string(b), `"HostPort":8081,"HostPortEnd":8081`) {
+		t.Fatalf("EndpointOperInfo %s", b)
+	}
+	// Freed by the first container, the range's first port is available again.
+	r.d.RevokeExternalConnectivity(ctx, &netapi.RevokeExternalConnectivityRequest{NetworkID: netID, EndpointID: eps[0]})
+	if err := r.d.ProgramExternalConnectivity(ctx, decode[netapi.ProgramExternalConnectivityRequest](t, `{"NetworkID":"`+netID+`","EndpointID":"`+eps[2]+`",`+ranged+`}`)); err != nil {
+		t.Fatal(err)
+	}
+	if pm := r.fw.PortMaps(); pm["tw-5c87f637 tcp *:8080"].String() != "10.96.7.52:80" {
+		t.Fatalf("port maps %v", pm)
 	}
 }

@@ -148,7 +148,15 @@ func (d *Driver) Join(ctx context.Context, req *netapi.JoinRequest) (*netapi.Joi
 	}
 	host, peer := hostVeth(e.ID), peerVeth(e.ID)
 	if err := d.links.AddVeth(ctx, host, peer, n.Bridge, n.MTU, mac); err != nil {
-		return nil, fmt.Errorf("creating veth %s for endpoint %s on bridge %s: %w", host, shortID(e.ID), n.Bridge, err)
+		// The bridge may have been removed behind twill's back: converge
+		// the network once and try again.
+		if eerr := d.ensureNetwork(ctx, n); eerr != nil {
+			return nil, fmt.Errorf("creating veth %s for endpoint %s on bridge %s: %w (and re-creating the bridge: %w)", host, shortID(e.ID), n.Bridge, err, eerr)
+		}
+		if err := d.links.AddVeth(ctx, host, peer, n.Bridge, n.MTU, mac); err != nil {
+			return nil, fmt.Errorf("creating veth %s for endpoint %s on bridge %s: %w", host, shortID(e.ID), n.Bridge, err)
+		}
+		d.log.Warn("bridge was missing; re-created it", "network", n.ID, "bridge", n.Bridge)
 	}
 	resp := &netapi.JoinResponse{
 		InterfaceName: netapi.InterfaceName{SrcName: peer, DstPrefix: "eth"},

@@ -50,6 +50,10 @@ type PortMap struct {
 	HostIP    netip.Addr     `json:"HostIP"`
 	HostPort  uint16         `json:"HostPort"`
 	Container netip.AddrPort `json:"Container"`
+
+	// hostPortEnd is the end of a requested range (-p 8080-8090:80); the
+	// first free port of the range becomes HostPort. Not persisted.
+	hostPortEnd uint16
 }
 
 func networkPut(n *network) store.Op {

@@ -65,13 +65,16 @@ func parsePortMap(raw any, container netip.Addr) ([]PortMap, error) {
 				hostIP = netip.Addr{}
 			}
 		}
-		// A range (-p 8080-8090:80) publishes on its first port.
-		out = append(out, PortMap{
+		pm := PortMap{
 			Proto:     proto,
 			HostIP:    hostIP,
 			HostPort:  uint16(pb.HostPort),
 			Container: netip.AddrPortFrom(container, uint16(pb.Port)),
-		})
+		}
+		if pb.HostPortEnd > pb.HostPort && pb.HostPortEnd <= 65535 {
+			pm.hostPortEnd = uint16(pb.HostPortEnd)
+		}
+		out = append(out, pm)
 	}
 	return out, nil
 }
@@ -112,7 +115,7 @@ func (d *Driver) ProgramExternalConnectivity(ctx context.Context, req *netapi.Pr
 		d.mu.Unlock()
 		return fmt.Errorf("endpoint %s: %w", shortID(e.ID), err)
 	}
-	if err := d.portConflict(e, ports); err != nil {
+	if err := d.choosePorts(e, ports); err != nil {
 		d.mu.Unlock()
 		return err
 	}
@@ -142,24 +145,61 @@ func (d *Driver) ProgramExternalConnectivity(ctx context.Context, req *netapi.Pr
 	return nil
 }
 
-// portConflict refuses a host port another endpoint already publishes, as
-// Docker's bridge driver does. d.mu held.
-func (d *Driver) portConflict(e *endpoint, ports []PortMap) error {
+// choosePorts settles each requested host port: a range (-p 8080-8090:80)
+// takes its first port no other endpoint publishes; a single port another
+// endpoint publishes is refused, as Docker's bridge driver does. d.mu held.
+func (d *Driver) choosePorts(e *endpoint, ports []PortMap) error {
+	for i := range ports {
+		p := &ports[i]
+		end := max(p.hostPortEnd, p.HostPort)
+		var owner string
+		var held netip.AddrPort
+		for hp := uint32(p.HostPort); hp <= uint32(end); hp++ {
+			id, c, taken := d.publisher(e, ports[:i], p.Proto, p.HostIP, uint16(hp))
+			if !taken {
+				p.HostPort, p.hostPortEnd = uint16(hp), 0
+				owner = ""
+				break
+			}
+			if owner == "" {
+				owner, held = id, c
+			}
+		}
+		if owner != "" {
+			what := fmt.Sprintf("host port %d/%s", p.HostPort, p.Proto)
+			if end > p.HostPort {
+				what = fmt.Sprintf("host ports %d-%d/%s", p.HostPort, end, p.Proto)
+			}
+			return fmt.Errorf("endpoint %s: %s: %w by endpoint %s (%s): publish another host port",
+				shortID(e.ID), what, ErrPortTaken, shortID(owner), held)
+		}
+	}
+	return nil
+}
+
+// publisher tells who already publishes proto hostIP:port: another endpoint,
+// or an earlier port of e's own request. d.mu held.
+func (d *Driver) publisher(e *endpoint, earlier []PortMap, proto string, hostIP netip.Addr, port uint16) (string, netip.AddrPort, bool) {
+	clash := func(o PortMap) bool {
+		sameIP := !o.HostIP.IsValid() || !hostIP.IsValid() || o.HostIP == hostIP
+		return o.Proto == proto && o.HostPort == port && sameIP
+	}
+	for _, o := range earlier {
+		if clash(o) {
+			return e.ID, o.Container, true
+		}
+	}
 	for _, other := range d.endpoints {
 		if other.ID == e.ID {
 			continue
 		}
 		for _, o := range other.Ports {
-			for _, p := range ports {
-				sameIP := !o.HostIP.IsValid() || !p.HostIP.IsValid() || o.HostIP == p.HostIP
-				if o.Proto == p.Proto && o.HostPort == p.HostPort && sameIP {
-					return fmt.Errorf("endpoint %s: host port %d/%s: %w by endpoint %s (%s): publish another host port",
-						shortID(e.ID), p.HostPort, p.Proto, ErrPortTaken, shortID(other.ID), o.Container)
-				}
+			if clash(o) {
+				return other.ID, o.Container, true
 			}
 		}
 	}
-	return nil
+	return "", netip.AddrPort{}, false
 }
 
 // RevokeExternalConnectivity removes the endpoint's published ports. An
