@@ -22,9 +22,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -59,7 +57,8 @@ type Options struct {
 
 // Firewall holds twill's desired firewall state and writes it to iptables.
 // It implements the driver's Firewall interface. Its methods are safe for
-// concurrent use; changes are applied one at a time.
+// concurrent use: changes made at the same time are written together, in
+// one iptables-restore (see change).
 type Firewall struct {
 	log     *slog.Logger
 	run     Runner
@@ -68,15 +67,38 @@ type Firewall struct {
 	tunnel  string
 	ct      Conntrack // nil: no flushing
 
-	mu        sync.Mutex // guards the fields below, serialises applies
-	networks  map[string]Network
-	portMaps  map[PortMap]struct{}
+	mu    sync.Mutex // guards state and queue
+	state desired    // what the kernel holds (the last successful write)
+	queue []*request // changes waiting to be written
+
+	writeMu   sync.Mutex       // serialises writes to the kernel; guards jumpsSeen
 	jumpsSeen time.Time        // when the jumps were last verified
 	now       func() time.Time // the clock, replaced in tests
 }
 
+// desired is the firewall state rules are rendered from.
+type desired struct {
+	networks map[string]Network
+	portMaps map[PortMap]struct{}
+}
+
+func newDesired() desired {
+	return desired{networks: make(map[string]Network), portMaps: make(map[PortMap]struct{})}
+}
+
+func (d desired) clone() desired {
+	c := desired{networks: make(map[string]Network, len(d.networks)+1), portMaps: make(map[PortMap]struct{}, len(d.portMaps)+1)}
+	for k, v := range d.networks {
+		c.networks[k] = v
+	}
+	for k := range d.portMaps {
+		c.portMaps[k] = struct{}{}
+	}
+	return c
+}
+
 // jumpRecheck is how long verified jumps are trusted. Checking costs one
-// iptables process per jump (~6 ms each); they only vanish when someone
+// iptables process per jump (~5 ms each); they only vanish when someone
 // flushes the built-in chains, which a later change or Apply repairs.
 const jumpRecheck = 30 * time.Second
 
@@ -85,14 +107,13 @@ const jumpRecheck = 30 * time.Second
 // to pick the variant.
 func New(ctx context.Context, opts Options) (*Firewall, error) {
 	f := &Firewall{
-		log:      opts.Log,
-		run:      opts.Runner,
-		backend:  opts.Backend,
-		tunnel:   cmpOr(opts.Tunnel, DefaultTunnel),
-		ct:       opts.Conntrack,
-		networks: make(map[string]Network),
-		portMaps: make(map[PortMap]struct{}),
-		now:      time.Now,
+		log:     opts.Log,
+		run:     opts.Runner,
+		backend: opts.Backend,
+		tunnel:  cmpOr(opts.Tunnel, DefaultTunnel),
+		ct:      opts.Conntrack,
+		state:   newDesired(),
+		now:     time.Now,
 	}
 	if f.log == nil {
 		f.log = slog.New(slog.DiscardHandler)
@@ -125,19 +146,21 @@ func New(ctx context.Context, opts Options) (*Firewall, error) {
 // Backend reports the iptables variant in use.
 func (f *Firewall) Backend() Backend { return f.backend }
 
-// State returns a copy of the desired state, sorted as Render sorts it.
+// State returns a copy of the state the kernel holds, sorted as Render
+// sorts it.
 func (f *Firewall) State() State {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.stateLocked(f.networks, f.portMaps)
+	return f.render(f.state)
 }
 
-func (f *Firewall) stateLocked(nets map[string]Network, pms map[PortMap]struct{}) State {
+// render turns d into the sorted State that Render takes.
+func (f *Firewall) render(d desired) State {
 	s := State{Tunnel: f.tunnel}
-	for _, n := range nets {
+	for _, n := range d.networks {
 		s.Networks = append(s.Networks, n)
 	}
-	for pm := range pms {
+	for pm := range d.portMaps {
 		s.PortMaps = append(s.PortMaps, pm)
 	}
 	slices.SortFunc(s.Networks, func(a, b Network) int { return strings.Compare(a.Bridge, b.Bridge) })
@@ -149,48 +172,47 @@ func (f *Firewall) stateLocked(nets map[string]Network, pms map[PortMap]struct{}
 // traffic between bridge and overlay through the tunnel (both ways) and,
 // unless internal, masquerades traffic from subnet to destinations outside
 // every known overlay and lets it out. Calling it again with other values
-// replaces the network's rules.
+// replaces the network's rules; with the same values it changes nothing.
 func (f *Firewall) EnsureNetwork(ctx context.Context, bridge string, subnet, overlay netip.Prefix, internal bool) error {
 	n := Network{Bridge: bridge, Subnet: subnet, Overlay: overlay, Internal: internal}
 	if err := f.validNetwork(n); err != nil {
 		return fmt.Errorf("firewall for network %s: %w", bridge, err)
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	nets := cloneMap(f.networks)
-	nets[bridge] = n
-	if err := f.applyLocked(ctx, nets, f.portMaps); err != nil {
+	err := f.change(ctx, func(d *desired) (bool, error) {
+		if old, ok := d.networks[bridge]; ok && old == n {
+			return false, nil
+		}
+		d.networks[bridge] = n
+		return true, nil
+	})
+	if err != nil {
 		return fmt.Errorf("firewall for network %s: %w", bridge, err)
 	}
-	f.networks = nets
 	return nil
 }
 
 // DeleteNetwork removes the rules of bridge, its port maps included;
 // unknown is success.
 func (f *Firewall) DeleteNetwork(ctx context.Context, bridge string) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	nets := cloneMap(f.networks)
-	delete(nets, bridge)
-	pms := cloneMap(f.portMaps)
-	for pm := range pms {
-		if pm.Bridge == bridge {
-			delete(pms, pm)
+	var gone []PortMap
+	err := f.change(ctx, func(d *desired) (bool, error) {
+		gone = gone[:0]
+		for pm := range d.portMaps {
+			if pm.Bridge == bridge {
+				gone = append(gone, pm)
+				delete(d.portMaps, pm)
+			}
 		}
-	}
-	if len(nets) == len(f.networks) && len(pms) == len(f.portMaps) {
-		return nil
-	}
-	if err := f.applyLocked(ctx, nets, pms); err != nil {
+		_, known := d.networks[bridge]
+		delete(d.networks, bridge)
+		return known || len(gone) > 0, nil
+	})
+	if err != nil {
 		return fmt.Errorf("removing firewall for network %s: %w", bridge, err)
 	}
-	for pm := range f.portMaps {
-		if _, kept := pms[pm]; !kept {
-			f.forget(ctx, pm, staleAfterUnpublish(pm))
-		}
+	for _, pm := range gone {
+		f.forget(ctx, pm, staleAfterUnpublish(pm))
 	}
-	f.networks, f.portMaps = nets, pms
 	return nil
 }
 
@@ -203,20 +225,22 @@ func (f *Firewall) AddPortMap(ctx context.Context, bridge, proto string, hostIP 
 	if err != nil {
 		return fmt.Errorf("publishing %s port %d: %w", proto, hostPort, err)
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	for old := range f.portMaps {
-		if old != pm && old.Proto == pm.Proto && old.HostPort == pm.HostPort &&
-			(!hostIPSet(old.HostIP) || !hostIPSet(pm.HostIP) || old.HostIP == pm.HostIP) {
-			return fmt.Errorf("publishing %s: %w to %s on %s", describe(pm), ErrPortAllocated, old.Container, old.Bridge)
+	err = f.change(ctx, func(d *desired) (bool, error) {
+		if _, ok := d.portMaps[pm]; ok {
+			return false, nil
 		}
-	}
-	pms := cloneMap(f.portMaps)
-	pms[pm] = struct{}{}
-	if err := f.applyLocked(ctx, f.networks, pms); err != nil {
+		for old := range d.portMaps {
+			if old.Proto == pm.Proto && old.HostPort == pm.HostPort &&
+				(!hostIPSet(old.HostIP) || !hostIPSet(pm.HostIP) || old.HostIP == pm.HostIP) {
+				return false, fmt.Errorf("%w to %s on %s", ErrPortAllocated, old.Container, old.Bridge)
+			}
+		}
+		d.portMaps[pm] = struct{}{}
+		return true, nil
+	})
+	if err != nil {
 		return fmt.Errorf("publishing %s: %w", describe(pm), err)
 	}
-	f.portMaps = pms
 	f.forget(ctx, pm, staleBeforePublish(pm))
 	return nil
 }
@@ -227,18 +251,18 @@ func (f *Firewall) DeletePortMap(ctx context.Context, bridge, proto string, host
 	if err != nil {
 		return fmt.Errorf("unpublishing %s port %d: %w", proto, hostPort, err)
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if _, ok := f.portMaps[pm]; !ok {
-		return nil
-	}
-	pms := cloneMap(f.portMaps)
-	delete(pms, pm)
-	if err := f.applyLocked(ctx, f.networks, pms); err != nil {
+	known := false
+	err = f.change(ctx, func(d *desired) (bool, error) {
+		_, known = d.portMaps[pm]
+		delete(d.portMaps, pm)
+		return known, nil
+	})
+	if err != nil {
 		return fmt.Errorf("unpublishing %s: %w", describe(pm), err)
 	}
-	f.portMaps = pms
-	f.forget(ctx, pm, staleAfterUnpublish(pm))
+	if known {
+		f.forget(ctx, pm, staleAfterUnpublish(pm))
+	}
 	return nil
 }
 
@@ -247,17 +271,20 @@ func (f *Firewall) DeletePortMap(ctx context.Context, bridge, proto string, host
 // start, so that a host with no networks left also loses stale rules, or
 // to repair rules someone flushed.
 func (f *Firewall) Apply(ctx context.Context) error {
+	f.writeMu.Lock()
+	defer f.writeMu.Unlock()
 	f.mu.Lock()
-	defer f.mu.Unlock()
+	d := f.state
+	f.mu.Unlock()
 	f.jumpsSeen = time.Time{}
-	return f.applyLocked(ctx, f.networks, f.portMaps)
+	return f.write(ctx, d)
 }
 
 // Cleanup removes the jumps and twill's chains and forgets the state; for
 // uninstall and tests. Absent chains and jumps are success.
 func (f *Firewall) Cleanup(ctx context.Context) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
+	f.writeMu.Lock()
+	defer f.writeMu.Unlock()
 	// Empty (or create) the chains first: traffic stops being touched at
 	// once, and a jump to an absent chain would not be found by -D.
 	empty := Render(State{Tunnel: f.tunnel})
@@ -270,7 +297,7 @@ func (f *Firewall) Cleanup(ctx context.Context) error {
 			args := append([]string{"-w", "-t", j.table, "-D", j.chain}, j.spec...)
 			_, err := f.run.Run(ctx, nil, f.bin.iptables, args...)
 			if isExit(err, 1) {
-				break // no (more) such rule, or no such chain
+				break // no (more) such rule
 			}
 			if err != nil {
 				return fmt.Errorf("removing jump %q: %w", jumpText(j), err)
@@ -281,36 +308,10 @@ func (f *Firewall) Cleanup(ctx context.Context) error {
 	if _, err := f.run.Run(ctx, []byte(text), f.bin.restore, "-w", "--noflush"); err != nil {
 		return fmt.Errorf("removing chains: %w", restoreError(text, err))
 	}
-	f.networks = make(map[string]Network)
-	f.portMaps = make(map[PortMap]struct{})
+	f.mu.Lock()
+	f.state = newDesired()
+	f.mu.Unlock()
 	f.jumpsSeen = time.Time{}
-	return nil
-}
-
-func (f *Firewall) applyLocked(ctx context.Context, nets map[string]Network, pms map[PortMap]struct{}) error {
-	text := Render(f.stateLocked(nets, pms))
-	if _, err := f.run.Run(ctx, []byte(text), f.bin.restore, "-w", "--noflush"); err != nil {
-		return restoreError(text, err)
-	}
-	if now := f.now(); !f.jumpsSeen.IsZero() && now.Sub(f.jumpsSeen) < jumpRecheck {
-		return nil
-	}
-	for _, j := range jumps {
-		check := append([]string{"-w", "-t", j.table, "-C", j.chain}, j.spec...)
-		_, err := f.run.Run(ctx, nil, f.bin.iptables, check...)
-		if err == nil {
-			continue
-		}
-		if !isExit(err, 1) {
-			return fmt.Errorf("checking jump %q: %w", jumpText(j), err)
-		}
-		insert := append([]string{"-w", "-t", j.table, "-I", j.chain, "1"}, j.spec...)
-		if _, err := f.run.Run(ctx, nil, f.bin.iptables, insert...); err != nil {
-			return fmt.Errorf("inserting jump %q: %w", jumpText(j), err)
-		}
-		f.log.Info("firewall jump inserted", "table", j.table, "chain", j.chain, "target", j.spec[len(j.spec)-1])
-	}
-	f.jumpsSeen = f.now()
 	return nil
 }
 
@@ -331,56 +332,12 @@ func (f *Firewall) forget(ctx context.Context, pm PortMap, match func(Flow) bool
 	}
 }
 
-var restoreLine = regexp.MustCompile(`line:? (\d+)`)
-
-// restoreError names the rule iptables-restore refused, found by the line
-// number it reports ("Error occurred at line: 4", "line 4 failed").
-func restoreError(input string, err error) error {
-	ce, ok := errors.AsType[*CommandError](err)
-	if !ok {
-		return fmt.Errorf("iptables-restore: %w", err)
-	}
-	m := restoreLine.FindStringSubmatch(ce.Stderr)
-	if m == nil {
-		return fmt.Errorf("iptables-restore: %w", err)
-	}
-	n, _ := strconv.Atoi(m[1])
-	lines := strings.Split(input, "\n")
-	if n < 1 || n > len(lines) {
-		return fmt.Errorf("iptables-restore: %w", err)
-	}
-	table := ""
-	for _, l := range lines[:n] {
-		if strings.HasPrefix(l, "*") {
-			table = l[1:]
-		}
-	}
-	return fmt.Errorf("iptables-restore: rule %q in table %s: %w", lines[n-1], table, err)
-}
-
-func isExit(err error, code int) bool {
-	ce, ok := errors.AsType[*CommandError](err)
-	return ok && ce.Code == code
-}
-
-func jumpText(j jump) string {
-	return "-t " + j.table + " -A " + j.chain + " " + strings.Join(j.spec, " ")
-}
-
 func describe(pm PortMap) string {
 	host := "*"
 	if hostIPSet(pm.HostIP) {
 		host = pm.HostIP.String()
 	}
 	return fmt.Sprintf("%s %s:%d", pm.Proto, host, pm.HostPort)
-}
-
-func cloneMap[K comparable, V any](m map[K]V) map[K]V {
-	c := make(map[K]V, len(m)+1)
-	for k, v := range m {
-		c[k] = v
-	}
-	return c
 }
 
 func cmpOr(s, def string) string {

@@ -3,6 +3,7 @@ package firewall
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -365,5 +366,79 @@ func TestConcurrentChanges(t *testing.T) {
 	}
 	if n := strings.Count(last, "-j DNAT"); n != 50 {
 		t.Errorf("last restore has %d DNAT rules, want 50", n)
+	}
+}
+
+// queueWhileWriting holds the write lock while n AddPortMap calls (one per
+// port) queue up, then lets them go: they are written as one batch.
+func queueWhileWriting(t *testing.T, f *Firewall, ports []uint16) map[uint16]error {
+	t.Helper()
+	ctx := context.Background()
+	f.writeMu.Lock()
+	errs := make(map[uint16]error)
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for i, p := range ports {
+		wg.Go(func() {
+			c := netip.AddrPortFrom(netip.MustParseAddr("10.96.3.2"), uint16(1000+i))
+			err := f.AddPortMap(ctx, blue.Bridge, "tcp", netip.Addr{}, p, c)
+			mu.Lock()
+			errs[p] = err
+			mu.Unlock()
+		})
+	}
+	for {
+		f.mu.Lock()
+		n := len(f.queue)
+		f.mu.Unlock()
+		if n == len(ports) {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	f.writeMu.Unlock()
+	wg.Wait()
+	return errs
+}
+
+func TestConcurrentChangesShareOneWrite(t *testing.T) {
+	f, r := newFake(t)
+	f.jumpsSeen = time.Now() // only restores are counted
+	errs := queueWhileWriting(t, f, []uint16{8000, 8001, 8002, 8003, 8004})
+	for p, err := range errs {
+		if err != nil {
+			t.Errorf("port %d: %v", p, err)
+		}
+	}
+	calls, stdin := r.take()
+	if len(calls) != 1 || strings.Count(stdin[0], "-j DNAT") != 5 {
+		t.Errorf("5 concurrent changes ran %q, want one restore with 5 DNAT rules", calls)
+	}
+}
+
+func TestFailedSharedWriteRetriesEachChange(t *testing.T) {
+	f, r := newFake(t)
+	f.jumpsSeen = time.Now()
+	// The kernel refuses the rule for port 666 (say, a missing module).
+	r.fn = func(line string, stdin []byte) ([]byte, error) {
+		for i, l := range strings.Split(string(stdin), "\n") {
+			if strings.Contains(l, "--dport 666 ") {
+				return nil, &CommandError{Cmd: line, Code: 1, Stderr: fmt.Sprintf("iptables-restore: line %d failed", i+1)}
+			}
+		}
+		return nil, nil
+	}
+	errs := queueWhileWriting(t, f, []uint16{8000, 666, 8001})
+	if errs[8000] != nil || errs[8001] != nil {
+		t.Errorf("good changes failed: %v", errs)
+	}
+	if !strings.Contains(fmt.Sprint(errs[666]), "--dport 666") {
+		t.Errorf("bad change: %v, want the refused rule quoted", errs[666])
+	}
+	if s := f.State(); len(s.PortMaps) != 2 {
+		t.Errorf("state holds %d maps, want the 2 good ones", len(s.PortMaps))
+	}
+	if calls, _ := r.take(); len(calls) != 4 {
+		t.Errorf("ran %d restores, want 1 shared and 3 single", len(calls))
 	}
 }
