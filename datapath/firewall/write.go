@@ -165,4 +165,3 @@ func isExit(err error, code int) bool {
 func jumpText(j jump) string {
 	return "-t " + j.table + " -A " + j.chain + " " + strings.Join(j.spec, " ")
 }
-
