@@ -128,27 +128,47 @@ func (c DialConfig) tlsConfig() (*tls.Config, error) {
 	return cfg, nil
 }
 
+// tlsProbeError is a failed TLS handshake with one endpoint.
+type tlsProbeError struct {
+	ep  string
+	err error
+}
+
+func (e *tlsProbeError) Error() string {
+	return "etcd at " + e.ep + ": TLS handshake: " + e.err.Error()
+}
+func (e *tlsProbeError) Unwrap() []error { return []error{e.err, ErrEtcdTLS} }
+
 // tlsError turns a failed handshake into advice naming the setting to fix.
 func (c DialConfig) tlsError(err error) error {
+	var pe *tlsProbeError
+	if !errors.As(err, &pe) {
+		return err
+	}
 	var ua x509.UnknownAuthorityError
 	var he x509.HostnameError
 	var ci x509.CertificateInvalidError
+	msg := pe.err.Error()
+	var what string
 	switch {
 	case errors.As(err, &ua) && c.CAFile != "":
-		return fmt.Errorf("%w: etcd's certificate is signed by unknown authority: not by the CA in ETCD_CAFILE %s; check ETCD_CAFILE", err, c.CAFile)
+		what = fmt.Sprintf("certificate signed by unknown authority: etcd's certificate is not signed by the CA in ETCD_CAFILE (%s); check ETCD_CAFILE", c.CAFile)
 	case errors.As(err, &ua):
-		return fmt.Errorf("%w: etcd's certificate is signed by unknown authority: no CA the system trusts; set ETCD_CAFILE to the CA that signed it", err)
+		what = "certificate signed by unknown authority: no CA the system trusts signed etcd's certificate; set ETCD_CAFILE to the CA that did"
 	case errors.As(err, &he):
-		return fmt.Errorf("%w: etcd's certificate does not name the host in ETCD_ENDPOINTS; use a name or IP the certificate holds", err)
+		what = "etcd's certificate does not name the host in ETCD_ENDPOINTS; use a name or IP the certificate holds"
 	case errors.As(err, &ci):
-		return fmt.Errorf("%w: etcd's certificate is not valid (expired or not for servers); check etcd's certificate and ETCD_CAFILE", err)
-	case strings.Contains(err.Error(), "bad certificate") || strings.Contains(err.Error(), "certificate required") ||
-		strings.Contains(err.Error(), "unknown certificate authority"):
-		return fmt.Errorf("%w: etcd refused twill's client certificate; check ETCD_CERTFILE and ETCD_KEYFILE", err)
-	case strings.Contains(err.Error(), "first record does not look like a TLS handshake"):
-		return fmt.Errorf("%w: etcd does not speak TLS there; use http:// in ETCD_ENDPOINTS or check the port", err)
+		what = "etcd's certificate is not valid (expired, or not for servers); check etcd's certificate and ETCD_CAFILE"
+	case strings.Contains(msg, "certificate required"):
+		what = "etcd requires a client certificate; set ETCD_CERTFILE and ETCD_KEYFILE"
+	case strings.Contains(msg, "bad certificate") || strings.Contains(msg, "unknown certificate authority"):
+		what = "etcd refused the client certificate; check ETCD_CERTFILE and ETCD_KEYFILE (signed by a CA etcd trusts?)"
+	case strings.Contains(msg, "first record does not look like a TLS handshake"):
+		what = "etcd does not speak TLS there; use http:// in ETCD_ENDPOINTS or check the port"
+	default:
+		what = "TLS handshake failed; check ETCD_CAFILE, ETCD_CERTFILE and ETCD_KEYFILE"
 	}
-	return err
+	return fmt.Errorf("etcd at %s: %s (%v): %w", pe.ep, what, pe.err, ErrEtcdTLS)
 }
 
 // probe opens a connection to one endpoint, with a TLS handshake when TLS is
@@ -192,14 +212,14 @@ func probe(ctx context.Context, ep string, tlsCfg *tls.Config) error {
 		if ctx.Err() != nil {
 			return fmt.Errorf("%s: TLS handshake: %w", ep, err)
 		}
-		return fmt.Errorf("etcd at %s: TLS handshake: %w: %w", ep, err, ErrEtcdTLS)
+		return &tlsProbeError{ep: ep, err: err}
 	}
 	// TLS 1.3 reports a refused client certificate only on the first read.
 	_ = tc.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
 	var b [1]byte
 	if _, err := tc.Read(b[:]); err != nil && !isTimeout(err) {
 		if strings.Contains(err.Error(), "certificate") {
-			return fmt.Errorf("etcd at %s: TLS handshake: %w: %w", ep, err, ErrEtcdTLS)
+			return &tlsProbeError{ep: ep, err: err}
 		}
 	}
 	return nil
