@@ -305,3 +305,44 @@ func TestListen(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestRefusedCreateLeavesNothing follows a refused network create with
+// Docker's clean-up (gateway ReleaseAddress, ReleasePool); a corrected
+// create then works.
+func TestRefusedCreateLeavesNothing(t *testing.T) {
+	s := startStack(t, Options{})
+	c := s.c
+	create := func(generic string) (int, string) {
+		status, body, err := c.post("NetworkDriver.CreateNetwork", `{"NetworkID":"`+netID2+`","Options":{"com.docker.network.enable_ipv6":false,"com.docker.network.generic":{`+generic+`}},`+
+			`"IPv4Data":[{"AddressSpace":"twill-local","Gateway":"10.97.3.1/24","Pool":"10.97.3.0/24"}],"IPv6Data":[]}`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return status, body
+	}
+	for i, generic := range []string{`"com.docker.network.driver.mtu":"9000"`, `"com.docker.network.driver.mtu":"1400"`} {
+		p := field(t, c.ok(t, "IpamDriver.RequestPool", `{"AddressSpace":"twill-local","Pool":"10.97.0.0/16","SubPool":"","Options":{},"V6":false}`), "PoolID")
+		c.ok(t, "IpamDriver.RequestAddress", `{"PoolID":"`+p+`","Address":"","Options":{"RequestAddressType":"com.docker.network.gateway"}}`)
+		status, body := create(generic)
+		if i == 1 {
+			if status != http.StatusOK {
+				t.Fatalf("corrected create: HTTP %d %s", status, body)
+			}
+			break
+		}
+		if status == http.StatusOK {
+			t.Fatal("mtu 9000 accepted")
+		}
+		c.ok(t, "IpamDriver.ReleaseAddress", `{"PoolID":"`+p+`","Address":"10.97.3.1"}`)
+		c.ok(t, "IpamDriver.ReleasePool", `{"PoolID":"`+p+`"}`)
+		if n := len(s.ipam.Allocations()); n != 0 {
+			t.Fatalf("%d allocations after the refused create", n)
+		}
+		if nb, _ := s.links.Counts(); nb != 0 {
+			t.Fatal("bridge left after the refused create")
+		}
+	}
+	if b, ok := s.links.Bridge("tw-0c950605"); !ok || b.MTU != 1400 {
+		t.Fatalf("bridge %+v %v", b, ok)
+	}
+}
