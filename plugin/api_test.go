@@ -346,3 +346,36 @@ func TestRefusedCreateLeavesNothing(t *testing.T) {
 		t.Fatalf("bridge %+v %v", b, ok)
 	}
 }
+
+// TestShutdownWhileStarting: a call waiting for the backends does not hold
+// up shutdown.
+func TestShutdownWhileStarting(t *testing.T) {
+	srv := New(Options{Log: quiet(), StartWait: time.Minute})
+	sock := filepath.Join(socketDir(t), "twill.sock")
+	l, err := Listen(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ctx, l) }()
+	c := newClient(sock)
+	defer c.close()
+	answered := make(chan string, 1)
+	go func() {
+		_, body, _ := c.post("IpamDriver.RequestPool", reqPoolBlue)
+		answered <- body
+	}()
+	time.Sleep(50 * time.Millisecond)
+	start := time.Now()
+	cancel()
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	if body := <-answered; !strings.Contains(body, "stopping") {
+		t.Fatalf("waiting call answered %s", body)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("shutdown took %v", d)
+	}
+}

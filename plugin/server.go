@@ -67,6 +67,8 @@ type Server struct {
 
 	readyOnce sync.Once
 	ready     chan struct{} // closed by Ready or Fail
+	stopOnce  sync.Once
+	stopping  chan struct{} // closed when Serve begins to shut down
 
 	mu       sync.Mutex // guards the fields below
 	net      NetworkDriver
@@ -82,6 +84,7 @@ func New(opts Options) *Server {
 		observer:  opts.Observer,
 		startWait: opts.StartWait,
 		ready:     make(chan struct{}),
+		stopping:  make(chan struct{}),
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -142,6 +145,8 @@ func (s *Server) backends(ctx context.Context) (NetworkDriver, IPAMDriver, error
 			return nil, nil, fmt.Errorf("%w (waiting for its state and etcd): try again in a few seconds", ErrStarting)
 		case <-ctx.Done():
 			return nil, nil, fmt.Errorf("%w: %w", ErrStarting, ctx.Err())
+		case <-s.stopping:
+			return nil, nil, fmt.Errorf("%w: twilld is stopping before it finished starting", ErrStarting)
 		}
 	}
 	s.mu.Lock()
@@ -192,6 +197,9 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		return fmt.Errorf("serving plugin socket %s: %w", l.Addr(), err)
 	case <-ctx.Done():
 	}
+	// Calls still waiting for the backends give up now; calls being
+	// answered finish.
+	s.stopOnce.Do(func() { close(s.stopping) })
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	err := srv.Shutdown(sctx)
