@@ -235,6 +235,8 @@ func (l *Links) attachAndUp(hostName string, br netlink.Link) error {
 	// back to itself at the bridge; without hairpin mode the bridge will
 	// not send a frame out of the port it came in by, and drops it. This
 	// is what Docker does for its own bridges without the userland proxy.
+	// Reflected floods do not fail the container's IPv6 DAD: the kernel's
+	// enhanced DAD (nonce, on by default) knows its own probes.
 	if err := l.h.LinkSetHairpin(host, true); err != nil {
 		return fmt.Errorf("setting hairpin mode: %w", err)
 	}
