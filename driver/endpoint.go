@@ -106,15 +106,16 @@ func (d *Driver) lookup(networkID, endpointID string) (*network, *endpoint, erro
 }
 
 // EndpointOperInfo reports the endpoint's published ports, in the shape
-// Docker's bridge driver uses for com.docker.network.portmap.
+// Docker's bridge driver uses for com.docker.network.portmap. An unknown
+// endpoint has no information: an error here would only break inspect.
 func (d *Driver) EndpointOperInfo(ctx context.Context, req *netapi.InfoRequest) (map[string]any, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	info := map[string]any{}
 	_, e, err := d.lookup(req.NetworkID, req.EndpointID)
 	if err != nil {
-		return nil, err
+		return info, nil
 	}
-	info := map[string]any{}
 	if len(e.Ports) > 0 {
 		info[optPortMap] = dockerPortMap(e.Ports)
 	}

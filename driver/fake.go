@@ -48,10 +48,10 @@ func (f *FakeLinks) Fail(name string, err error) {
 	f.fail[name] = err
 }
 
+// check enforces the kernel's name limit and injected failures. f.mu held.
 func (f *FakeLinks) check(op, name string) error {
-
 	if len(name) > 15 {
-		return fmt.Errorf("link name %q longer than 15 characters", name)
+		return fmt.Errorf("%s %q: name longer than 15 characters", op, name)
 	}
 	if err, ok := f.fail[name]; ok {
 		delete(f.fail, name)
@@ -71,8 +71,8 @@ func (f *FakeLinks) EnsureBridge(ctx context.Context, name string, gateway netip
 	return nil
 }
 
-// DeleteBridge removes the bridge and, as the kernel does, detaches nothing:
-// veths on it stay (the kernel would keep them too, unenslaved).
+// DeleteBridge removes the bridge. Veths on it stay, as in the kernel
+// (which keeps them, detached).
 func (f *FakeLinks) DeleteBridge(ctx context.Context, name string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
