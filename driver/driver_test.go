@@ -440,3 +440,24 @@ func TestPortRanges(t *testing.T) {
 		t.Fatalf("port maps %v", pm)
 	}
 }
+
+func TestFailedJoinIsNotJoined(t *testing.T) {
+	r := newRig(t, nil)
+	r.createNetwork(t)
+	ctx := context.Background()
+	if _, err := r.d.CreateEndpoint(ctx, &netapi.CreateEndpointRequest{NetworkID: netID, EndpointID: epID, Interface: &netapi.EndpointInterface{Address: "10.96.7.50/24"}}); err != nil {
+		t.Fatal(err)
+	}
+	r.links.Fail("twv896c02fc", errors.New("file exists"))
+	r.links.Fail("tw-5c87f637", errors.New("no buffer space"))
+	if _, err := r.d.Join(ctx, &netapi.JoinRequest{NetworkID: netID, EndpointID: epID}); err == nil || !strings.Contains(err.Error(), "twv896c02fc") {
+		t.Fatalf("join: %v", err)
+	}
+	rep, err := newRig(t, r.st).d.Reconcile(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Vanished) != 0 {
+		t.Fatalf("a failed join is reported as a vanished veth: %+v", rep.Vanished)
+	}
+}

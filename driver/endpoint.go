@@ -152,9 +152,15 @@ func (d *Driver) Join(ctx context.Context, req *netapi.JoinRequest) (*netapi.Joi
 		// The bridge may have been removed behind twill's back: converge
 		// the network once and try again.
 		if eerr := d.ensureNetwork(ctx, n); eerr != nil {
+			if lerr := d.Leave(ctx, &netapi.LeaveRequest{NetworkID: n.ID, EndpointID: e.ID}); lerr != nil {
+				d.log.Warn("undoing failed join", "endpoint", e.ID, "err", lerr)
+			}
 			return nil, fmt.Errorf("creating veth %s for endpoint %s on bridge %s: %w (and re-creating the bridge: %w)", host, shortID(e.ID), n.Bridge, err, eerr)
 		}
 		if err := d.links.AddVeth(ctx, host, peer, n.Bridge, n.MTU, mac); err != nil {
+			if lerr := d.Leave(ctx, &netapi.LeaveRequest{NetworkID: n.ID, EndpointID: e.ID}); lerr != nil {
+				d.log.Warn("undoing failed join", "endpoint", e.ID, "err", lerr)
+			}
 			return nil, fmt.Errorf("creating veth %s for endpoint %s on bridge %s: %w", host, shortID(e.ID), n.Bridge, err)
 		}
 		d.log.Warn("bridge was missing; re-created it", "network", n.ID, "bridge", n.Bridge)
