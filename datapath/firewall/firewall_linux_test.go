@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
@@ -26,6 +27,8 @@ import (
 type topology struct {
 	host, outside, peer *testNS
 	c                   map[string]*testNS
+	backend             Backend
+	bin                 binaries
 	fw                  *Firewall
 }
 
@@ -41,9 +44,16 @@ var (
 	netC = Network{Bridge: "twfbC", Subnet: netip.MustParsePrefix("10.203.1.0/24"), Overlay: netip.MustParsePrefix("10.203.0.0/16"), Internal: true}
 )
 
-func newTopology(t *testing.T) *topology {
+func newTopology(t *testing.T, backend Backend) *topology {
 	t.Helper()
 	requireRoot(t)
+	bin, err := backend.binaries()
+	must(t, err)
+	for _, b := range []string{bin.iptables, bin.restore, bin.save} {
+		if _, err := exec.LookPath(b); err != nil {
+			t.Skipf("needs %s", b)
+		}
+	}
 	ctx := context.Background()
 	id := randomID()
 	tp := &topology{
@@ -51,6 +61,8 @@ func newTopology(t *testing.T) *topology {
 		outside: newTestNS(t, id, "o"),
 		peer:    newTestNS(t, id, "p"),
 		c:       map[string]*testNS{},
+		backend: backend,
+		bin:     bin,
 	}
 	h := tp.host
 	h.sh(t, "echo 1 > /proc/sys/net/ipv4/ip_forward")
@@ -114,7 +126,7 @@ func newTopology(t *testing.T) *topology {
 func (tp *topology) newFirewall(t *testing.T) *Firewall {
 	t.Helper()
 	fw, err := New(context.Background(), Options{
-		Tunnel: tunnel, Backend: BackendNFT, Runner: tp.host.runner(), Conntrack: NewConntrack(tp.host.h),
+		Tunnel: tunnel, Backend: tp.backend, Runner: tp.host.runner(), Conntrack: NewConntrack(tp.host.h),
 	})
 	must(t, err)
 	return fw
@@ -162,7 +174,13 @@ func expectBlocked(t *testing.T, ns *testNS, from, to string) {
 }
 
 func TestKernelIsolationMasqueradePublish(t *testing.T) {
-	tp := newTopology(t)
+	for _, b := range []Backend{BackendNFT, BackendLegacy} {
+		t.Run(string(b), func(t *testing.T) { testKernel(t, b) })
+	}
+}
+
+func testKernel(t *testing.T, backend Backend) {
+	tp := newTopology(t, backend)
 	ctx := context.Background()
 	c1, c2, c3, c4 := tp.c["c1"], tp.c["c2"], tp.c["c3"], tp.c["c4"]
 
@@ -243,12 +261,12 @@ func TestKernelIsolationMasqueradePublish(t *testing.T) {
 
 	t.Run("forward policy drop", func(t *testing.T) {
 		// dockerd sets FORWARD's policy to DROP; twill's jump comes first.
-		tp.host.sh(t, "iptables-nft -w -P FORWARD DROP")
+		tp.host.sh(t, tp.bin.iptables+" -w -P FORWARD DROP")
 		expect(t, c1, "", "10.201.1.3:80", "10.201.1.2")
 		expect(t, c1, "", outsideA+":9000", hostUp)
 		expect(t, c1, "", "10.201.2.5:9000", "10.201.1.2")
 		expect(t, tp.outside, "", hostUp+":8081", outsideA)
-		tp.host.sh(t, "iptables-nft -w -P FORWARD ACCEPT")
+		tp.host.sh(t, tp.bin.iptables+" -w -P FORWARD ACCEPT")
 	})
 
 	t.Run("restart converges", func(t *testing.T) {
@@ -258,7 +276,7 @@ func TestKernelIsolationMasqueradePublish(t *testing.T) {
 		must(t, fw.EnsureNetwork(ctx, netA.Bridge, netA.Subnet, netA.Overlay, false))
 		must(t, fw.EnsureNetwork(ctx, netC.Bridge, netC.Subnet, netC.Overlay, true))
 		must(t, fw.Apply(ctx))
-		saved := tp.host.sh(t, "iptables-nft-save")
+		saved := tp.host.sh(t, tp.bin.save)
 		if strings.Contains(saved, "twfbB") || strings.Contains(saved, "8081") {
 			t.Errorf("stale rules of network B survive:\n%s", saved)
 		}
@@ -274,7 +292,7 @@ func TestKernelIsolationMasqueradePublish(t *testing.T) {
 	t.Run("cleanup", func(t *testing.T) {
 		must(t, tp.fw.Cleanup(ctx))
 		must(t, tp.fw.Cleanup(ctx)) // nothing left: still success
-		saved := tp.host.sh(t, "iptables-nft-save")
+		saved := tp.host.sh(t, tp.bin.save)
 		if strings.Contains(saved, "TWILL") {
 			t.Errorf("rules left after Cleanup:\n%s", saved)
 		}
