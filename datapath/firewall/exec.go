@@ -99,7 +99,8 @@ func detectBackend(ctx context.Context, run Runner) (Backend, error) {
 	switch {
 	case nftErr != nil && legacyErr != nil:
 		if _, err := run.Run(ctx, nil, "iptables-save"); err != nil {
-			return "", fmt.Errorf("detecting iptables backend: %w", errors.Join(nftErr, legacyErr, err))
+			return "", fmt.Errorf("detecting iptables backend (twill runs iptables-nft-restore or iptables-legacy-restore, found neither working): %w",
+				errors.Join(nftErr, legacyErr, err))
 		}
 		return BackendPlain, nil
 	case nftErr != nil:
