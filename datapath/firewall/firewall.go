@@ -13,7 +13,11 @@
 //     known here); replies come back. Internal networks get neither.
 //   - nothing else enters B, except replies and published ports: DNAT of
 //     host:port (arriving from outside or sent by this host to one of its
-//     addresses) to a container, with hairpin NAT for its own network.
+//     addresses) to a container, with hairpin NAT for its own network. A
+//     published port is public: other twill networks reach it through the
+//     host address too. 127.0.0.1:port is not published: that would need
+//     route_localnet on the bridge, which lets containers reach the host's
+//     loopback services (CVE-2020-8558), and twill runs no userland proxy.
 package firewall
 
 import (
