@@ -60,6 +60,10 @@ func (o *outbound) handle(b []byte) {
 		return
 	}
 	if !gso {
+		if len(pkt) > o.f.cfg.MTU {
+			o.f.ctr.drop(reasonOversize, 1)
+			return
+		}
 		if h.flags&vnetFlagNeedCsum != 0 {
 			if r := completeChecksum(pkt, int(h.csumStart), int(h.csumOffset)); r != reasonNone {
 				o.f.ctr.drop(r, 1)
@@ -76,6 +80,9 @@ func (o *outbound) handle(b []byte) {
 		return
 	}
 	n, segLen, r := segmentTCPv4(pkt, int(h.gsoSize), o.hdrs, o.bufs)
+	if r == reasonNone && segLen > o.f.cfg.MTU {
+		r = reasonOversize // the kernel never asks for segments above the MTU
+	}
 	if r != reasonNone {
 		o.f.ctr.drop(r, 1)
 		return

@@ -35,7 +35,7 @@ const (
 	DropTruncated        = "truncated"         // shorter than its headers or its IPv4 total length
 	DropNotIPv4          = "not_ipv4"          // IP version is not 4
 	DropMalformed        = "malformed"         // inconsistent headers
-	DropOversize         = "oversize"          // inbound packet larger than the TUN MTU
+	DropOversize         = "oversize"          // packet (or segment) larger than the TUN MTU
 	DropSendError        = "send_error"        // the UDP socket refused the datagram
 	DropTUNWriteError    = "tun_write_error"   // the TUN refused the packet
 )

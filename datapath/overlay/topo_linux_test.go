@@ -73,7 +73,7 @@ func newTopo(t testing.TB, n int) *testTopo {
 		testbed.Must(t, "ip", "-n", c, "route", "add", "default", "via", fmt.Sprintf("10.96.%d.1", i))
 		tp.setContainerMTU(i, testMTU)
 		// Keep IPv6 chatter (router solicitations) off twill0.
-		testbed.MustIn(t, h, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+		testbed.MustIn(t, h, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1", "net.ipv4.ip_forward=1")
 	}
 	return tp
 }

@@ -1,0 +1,233 @@
+package overlay
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/twill-net/twill/internal/testbed"
+)
+
+// BenchmarkDatapath is the benchmark harness behind `make bench`:
+//
+//	go test -run '^$' -bench Datapath -benchtime 1x ./datapath/overlay/
+//
+// On one two-host topology (root, iperf3 and busybox needed) it measures,
+// in alternating rounds, the direct underlay, kernel VXLAN, twill's plain
+// path and twill's offload path: iperf3 TCP throughput container to
+// container at -P 1 and -P 4, ping RTT, and the forwarders' CPU, and
+// prints a markdown table of medians with the ratios to VXLAN.
+// TWILL_BENCH_ROUNDS (default 3) and TWILL_BENCH_SECONDS (default 5) set
+// the size; TWILL_BENCH_MODES (comma-separated, default
+// underlay,vxlan,plain,offload) picks the paths; TWILL_BENCH_OUT names a file the table is also written to.
+func BenchmarkDatapath(b *testing.B) {
+	requireKernel(b)
+	for _, tool := range []string{"iperf3", "busybox"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			b.Skipf("needs %s", tool)
+		}
+	}
+	rounds := envInt("TWILL_BENCH_ROUNDS", 3)
+	secs := envInt("TWILL_BENCH_SECONDS", 5)
+	tp := newTopo(b, 2)
+	for i, other := range []int{2, 1} {
+		h := hostNS(i + 1)
+		testbed.Must(b, "ip", "-n", h, "link", "add", "two-vx", "type", "vxlan", "id", "42",
+			"local", underlayIP(i+1), "remote", underlayIP(other), "dstport", "4789", "dev", "ul0")
+		testbed.Must(b, "ip", "-n", h, "addr", "add", fmt.Sprintf("10.98.0.%d/24", i+1), "dev", "two-vx")
+		testbed.Must(b, "ip", "-n", h, "link", "set", "two-vx", "up")
+	}
+	// iperf3 servers: on host 2's underlay address and in container 2.
+	testbed.Start(b, hostNS(2), filepath.Join(tp.dir, "iperf-h2.log"), nil, "iperf3", "-s", "-B", underlayIP(2))
+	testbed.Start(b, containerNS(2), filepath.Join(tp.dir, "iperf-c2.log"), nil, "iperf3", "-s", "-B", containerIP(2))
+
+	modes := []string{"underlay", "vxlan", "plain", "offload"}
+	if m := os.Getenv("TWILL_BENCH_MODES"); m != "" {
+		modes = strings.Split(m, ",") // must include vxlan for the ratios
+	}
+	res := map[string]*benchResult{}
+	for _, m := range modes {
+		res[m] = &benchResult{}
+	}
+	for b.Loop() {
+		for round := 0; round < rounds; round++ {
+			for _, m := range modes {
+				tp.benchRound(b, m, secs, res[m])
+			}
+		}
+	}
+	table := benchTable(modes, res, rounds, secs)
+	fmt.Print(table)
+	if out := os.Getenv("TWILL_BENCH_OUT"); out != "" {
+		if err := os.WriteFile(out, []byte(table), 0o644); err != nil {
+			b.Error(err)
+		}
+	}
+	v1, v4 := median(res["vxlan"].p1), median(res["vxlan"].p4)
+	if v1 > 0 && v4 > 0 {
+		b.ReportMetric(median(res["offload"].p1)/v1, "xVXLAN-P1")
+		b.ReportMetric(median(res["offload"].p4)/v4, "xVXLAN-P4")
+	}
+}
+
+type benchResult struct {
+	p1, p4, rtt, cpu1, cpu4 []float64
+	path                    string
+}
+
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+// benchRound sets the topology up for mode and measures once.
+func (tp *testTopo) benchRound(b *testing.B, mode string, secs int, r *benchResult) {
+	for i, other := range []int{2, 1} {
+		testbed.In(hostNS(i+1), "ip", "route", "del", fmt.Sprintf("10.96.%d.0/24", other))
+	}
+	target, from := containerIP(2), containerNS(1)
+	var fwds []*testFwd
+	switch mode {
+	case "underlay":
+		target, from = underlayIP(2), hostNS(1)
+	case "vxlan":
+		for i, other := range []int{2, 1} {
+			tp.setContainerMTU(i+1, 1450)
+			testbed.Must(b, "ip", "-n", hostNS(i+1), "route", "replace", fmt.Sprintf("10.96.%d.0/24", other),
+				"via", fmt.Sprintf("10.98.0.%d", other), "dev", "two-vx")
+		}
+	case "plain", "offload":
+		off := map[string]string{"plain": OffloadOff, "offload": OffloadAuto}[mode]
+		tp.setContainerMTU(1, testMTU)
+		tp.setContainerMTU(2, testMTU)
+		fwds = append(fwds, tp.startForwarder(1, off, 2), tp.startForwarder(2, off, 1))
+		r.path = fwds[0].path
+	}
+	defer tp.stopAll()
+	r.rtt = append(r.rtt, pingP50(b, from, target))
+	for _, p := range []int{1, 4} {
+		cpu0 := procCPU(fwds)
+		t0 := time.Now()
+		g := iperf(b, from, target, p, secs)
+		cpu := 100 * (procCPU(fwds) - cpu0) / time.Since(t0).Seconds()
+		if p == 1 {
+			r.p1, r.cpu1 = append(r.p1, g), append(r.cpu1, cpu)
+		} else {
+			r.p4, r.cpu4 = append(r.p4, g), append(r.cpu4, cpu)
+		}
+	}
+}
+
+var rttRE = regexp.MustCompile(`time=([0-9.]+) ms`)
+
+// pingP50 returns the median RTT in ms of 40 pings from ns to addr.
+func pingP50(b *testing.B, ns, addr string) float64 {
+	out := testbed.MustIn(b, ns, "busybox", "ping", "-c", "41", "-i", "0.025", "-W", "2", addr)
+	var v []float64
+	for i, m := range rttRE.FindAllStringSubmatch(out, -1) {
+		if i == 0 {
+			continue // the first includes neighbour resolution
+		}
+		f, _ := strconv.ParseFloat(m[1], 64)
+		v = append(v, f)
+	}
+	return median(v)
+}
+
+// iperf runs an iperf3 TCP client and returns the received Gbit/s.
+func iperf(b *testing.B, ns, addr string, p, secs int) float64 {
+	var out string
+	var err error
+	for try := 0; try < 20; try++ {
+		out, err = testbed.In(ns, "iperf3", "-c", addr, "-t", strconv.Itoa(secs), "-P", strconv.Itoa(p), "-J")
+		if err == nil {
+			break
+		}
+		time.Sleep(200 * time.Millisecond) // server still starting, or busy with the last client
+	}
+	if err != nil {
+		b.Fatalf("iperf3 to %s: %v", addr, err)
+	}
+	var res struct {
+		End struct {
+			SumReceived struct {
+				BitsPerSecond float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
+		} `json:"end"`
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		b.Fatalf("iperf3 output: %v", err)
+	}
+	return res.End.SumReceived.BitsPerSecond / 1e9
+}
+
+// procCPU returns the CPU seconds the forwarder processes used so far.
+func procCPU(fwds []*testFwd) float64 {
+	var s float64
+	for _, f := range fwds {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", f.proc.Cmd.Process.Pid))
+		if err != nil {
+			continue
+		}
+		// Fields after the command name (which ends with ')'): utime is the 12th, stime the 13th.
+		fields := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+		if len(fields) > 12 {
+			u, _ := strconv.ParseFloat(fields[11], 64)
+			k, _ := strconv.ParseFloat(fields[12], 64)
+			s += (u + k) / 100 // USER_HZ
+		}
+	}
+	return s
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func benchTable(modes []string, res map[string]*benchResult, rounds, secs int) string {
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "\ntwill datapath benchmark: 2 hosts, iperf3 TCP %ds container to container, medians of %d alternating rounds\n\n", secs, rounds)
+	sb.WriteString("| path | Gbit/s P1 | Gbit/s P4 | ÷ VXLAN P1 | ÷ VXLAN P4 | ping p50 ms | RTT ÷ VXLAN | forwarder CPU % P1 / P4 |\n")
+	sb.WriteString("|---|---|---|---|---|---|---|---|\n")
+	v := res["vxlan"]
+	ratio := func(a, b float64) string {
+		if b == 0 {
+			return "–"
+		}
+		return fmt.Sprintf("%.2f", a/b)
+	}
+	for _, m := range modes {
+		r := res[m]
+		name := map[string]string{
+			"underlay": "direct underlay (host to host)", "vxlan": "kernel VXLAN",
+			"plain": "twill plain (" + r.path + ")", "offload": "twill fast (" + r.path + ")",
+		}[m]
+		cpu := "–"
+		if m == "plain" || m == "offload" {
+			cpu = fmt.Sprintf("%.0f / %.0f", median(r.cpu1), median(r.cpu4))
+		}
+		fmt.Fprintf(&sb, "| %s | %.2f | %.2f | %s | %s | %.3f | %s | %s |\n", name,
+			median(r.p1), median(r.p4), ratio(median(r.p1), median(v.p1)), ratio(median(r.p4), median(v.p4)),
+			median(r.rtt), ratio(median(r.rtt), median(v.rtt)), cpu)
+	}
+	sb.WriteString("\nforwarder CPU: both forwarder processes together, % of one core.\n")
+	return sb.String()
+}
