@@ -16,12 +16,12 @@ type nullTUN struct {
 	written func(bufs [][]byte)
 }
 
-func (t *nullTUN) Name() string                         { return "null0" }
-func (t *nullTUN) VnetHdr() bool                        { return t.vnet }
-func (t *nullTUN) Read([]byte) (int, error)             { return 0, io.EOF }
+func (t *nullTUN) Name() string                          { return "null0" }
+func (t *nullTUN) VnetHdr() bool                         { return t.vnet }
+func (t *nullTUN) Read([]byte) (int, error)              { return 0, io.EOF }
 func (t *nullTUN) AddOverlay(_, _ netip.Prefix) error    { return nil }
 func (t *nullTUN) RemoveOverlay(_, _ netip.Prefix) error { return nil }
-func (t *nullTUN) Close() error                         { return nil }
+func (t *nullTUN) Close() error                          { return nil }
 func (t *nullTUN) Write(bufs [][]byte) error {
 	if t.written != nil {
 		t.written(bufs)
