@@ -19,12 +19,14 @@ import (
 // cluster is a set of twilld hosts in namespaces on one underlay, with one
 // real etcd server, each host with a Docker-like client on its plugin socket.
 type cluster struct {
-	t      *testing.T
-	bed    *testbed.Bed
-	etcd   string
-	prefix string
-	dir    string
-	hosts  map[int]*host
+	t       *testing.T
+	bed     *testbed.Bed
+	etcd    string
+	etcdDir string
+	etcdP   *testbed.Proc
+	prefix  string
+	dir     string
+	hosts   map[int]*host
 }
 
 type host struct {
@@ -42,13 +44,21 @@ func newCluster(t *testing.T, prefix string) *cluster {
 	bed := testbed.New(t, prefix, netip.MustParsePrefix("10.199.0.0/24"))
 	// etcd lives on the underlay bridge's own address.
 	testbed.MustIn(t, bed.UnderlayNS(), "ip", "addr", "add", "10.199.0.250/24", "dev", "br0")
-	_, url := testbed.StartEtcd(t, bed.UnderlayNS(), netip.MustParseAddr("10.199.0.250"), 2379)
-	return &cluster{t: t, bed: bed, etcd: url, prefix: "/twtest/" + prefix, dir: t.TempDir(), hosts: map[int]*host{}}
+	dir := t.TempDir()
+	p, url := testbed.StartEtcd(t, bed.UnderlayNS(), netip.MustParseAddr("10.199.0.250"), 2379, filepath.Join(dir, "etcd"))
+	return &cluster{t: t, bed: bed, etcd: url, etcdDir: filepath.Join(dir, "etcd"), etcdP: p, prefix: "/twtest/" + prefix, dir: dir, hosts: map[int]*host{}}
 }
 
 // start runs twilld on host n (making the namespace the first time) and
 // waits until its control socket answers.
 func (c *cluster) start(n int, extra ...string) *host {
+	h := c.launch(n, extra...)
+	c.waitReady(h)
+	return h
+}
+
+// launch starts twilld on host n without waiting for it.
+func (c *cluster) launch(n int, extra ...string) *host {
 	t := c.t
 	t.Helper()
 	h := c.hosts[n]
@@ -66,6 +76,14 @@ func (c *cluster) start(n int, extra ...string) *host {
 		"--subnet-env", filepath.Join(h.dir, "subnet.env"), "--metrics-addr", "", "--log-level", "debug",
 	}
 	h.proc = testbed.Start(t, h.ns, filepath.Join(h.dir, "twilld.log"), []string{"TWILL_TEST_ROLE=twilld"}, os.Args[0], append(args, extra...)...)
+	return h
+}
+
+// waitReady waits until h's control socket reports a lease.
+func (c *cluster) waitReady(h *host) {
+	t := c.t
+	t.Helper()
+	n := h.n
 	err := testbed.WaitFor(context.Background(), 20*time.Second, func() error {
 		if h.proc.Exited() {
 			return fmt.Errorf("twilld exited")
@@ -82,7 +100,6 @@ func (c *cluster) start(n int, extra ...string) *host {
 	if err != nil {
 		t.Fatalf("twilld on h%d not ready: %v\n%s", n, err, h.proc.Tail(4000))
 	}
-	return h
 }
 
 func (c *cluster) status(h *host) control.Status {

@@ -154,9 +154,11 @@ func startHost(ctx context.Context, cfg config, log *slog.Logger, srv *plugin.Se
 	if n.drv, err = driver.New(log, lk, n.fw, n.ipam, n.db, driver.Config{MTU: n.mtu, PluginName: cfg.PluginName}); err != nil {
 		return nil, err
 	}
+	// Reconcile goes on past a failing network and reports them all; one bad
+	// network must not take the others down with it.
 	rep, err := n.drv.Reconcile(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("reconciling persisted networks with the kernel: %w", err)
+		log.Error("reconciling persisted networks with the kernel", "err", err)
 	}
 	if err := n.fw.Apply(ctx); err != nil {
 		return nil, err

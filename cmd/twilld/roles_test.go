@@ -29,6 +29,10 @@ func TestMain(m *testing.M) {
 		os.Exit(roleSource(os.Args[1], n))
 	case "udpcount":
 		os.Exit(roleUDPCount(os.Args[1], os.Args[2]))
+	case "ticker":
+		os.Exit(roleTicker(os.Args[1], os.Args[2]))
+	case "gapsink":
+		os.Exit(roleGapSink(os.Args[1], os.Args[2]))
 	case "forge":
 		os.Exit(roleForge(os.Args[1:]))
 	default:
@@ -168,4 +172,52 @@ func ipv4UDP(src, dst netip.Addr, port uint16, payload []byte) []byte {
 	binary.BigEndian.PutUint16(p[24:], uint16(8+len(payload)))
 	copy(p[28:], payload)
 	return p
+}
+
+// roleTicker sends a small datagram to addr every 5 ms for duration.
+func roleTicker(addr, duration string) int {
+	d, _ := time.ParseDuration(duration)
+	c, err := net.Dial("udp", addr)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	end := time.Now().Add(d)
+	for i := uint64(0); time.Now().Before(end); i++ {
+		var b [8]byte
+		binary.BigEndian.PutUint64(b[:], i)
+		c.Write(b[:]) // errors (ICMP unreachable while a host is down) are the point
+		time.Sleep(5 * time.Millisecond)
+	}
+	return 0
+}
+
+// roleGapSink receives datagrams on addr for duration and prints how many
+// arrived and the longest silence between two of them, in milliseconds.
+func roleGapSink(addr, duration string) int {
+	d, _ := time.ParseDuration(duration)
+	c, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	fmt.Println("listening")
+	c.SetReadDeadline(time.Now().Add(d))
+	buf := make([]byte, 64)
+	var n int
+	var last time.Time
+	var worst time.Duration
+	for {
+		if _, _, err := c.ReadFrom(buf); err != nil {
+			break
+		}
+		now := time.Now()
+		if n > 0 && now.Sub(last) > worst {
+			worst = now.Sub(last)
+		}
+		last = now
+		n++
+	}
+	fmt.Printf("%d %d\n", n, worst.Milliseconds())
+	return 0
 }

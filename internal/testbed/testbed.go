@@ -214,14 +214,20 @@ func (p *Proc) Tail(n int) string {
 }
 
 // StartEtcd runs Debian's etcd server inside ns listening on addr:port for
-// clients, with its data in a temp dir, and waits until it answers.
-func StartEtcd(t testing.TB, ns string, addr netip.Addr, port int) (*Proc, string) {
+// clients, with its data in dir (a new temp dir when empty), and waits until
+// it answers. Starting it again on the same dir restarts the same member.
+func StartEtcd(t testing.TB, ns string, addr netip.Addr, port int, dir string) (*Proc, string) {
 	t.Helper()
 	bin, err := exec.LookPath("etcd")
 	if err != nil {
 		t.Skip("needs Debian's etcd-server (etcd binary)")
 	}
-	dir := t.TempDir()
+	if dir == "" {
+		dir = t.TempDir()
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
 	url := fmt.Sprintf("http://%s:%d", addr, port)
 	peer := fmt.Sprintf("http://%s:%d", addr, port+1)
 	p := Start(t, ns, filepath.Join(dir, "etcd.log"), []string{"ETCD_UNSUPPORTED_ARCH="}, bin,
