@@ -141,3 +141,29 @@ func TestKernelHostile(t *testing.T) {
 		t.Errorf("packets in %d, want 1", s.PacketsIn)
 	}
 }
+
+// TestKernelThreeHosts runs forwarders on three hosts, each holding the
+// other two as peers, and pings every container and twill0 address from
+// every container; then host 3's forwarder stops and its subnet becomes
+// unreachable while hosts 1 and 2 still reach each other.
+func TestKernelThreeHosts(t *testing.T) {
+	tp := newTopo(t, 3)
+	tp.startForwarder(1, OffloadAuto, 2, 3)
+	tp.startForwarder(2, OffloadAuto, 1, 3)
+	f3 := tp.startForwarder(3, OffloadOff, 1, 2)
+	for from := 1; from <= 3; from++ {
+		for to := 1; to <= 3; to++ {
+			if from == to {
+				continue
+			}
+			testbed.MustIn(t, containerNS(from), "busybox", "ping", "-c", "2", "-i", "0.1", "-W", "2", containerIP(to))
+			testbed.MustIn(t, containerNS(from), "busybox", "ping", "-c", "1", "-W", "2", strings.TrimSuffix(leaseOf(to), "/24"))
+		}
+	}
+	f3.stop(t)
+	if _, err := testbed.In(containerNS(1), "busybox", "ping", "-c", "1", "-W", "1", containerIP(3)); err == nil {
+		t.Fatal("host 3's container still answers after its forwarder stopped")
+	}
+	testbed.MustIn(t, containerNS(1), "busybox", "ping", "-c", "2", "-i", "0.1", "-W", "2", containerIP(2))
+	tp.checkNoCsumErrors()
+}
