@@ -150,9 +150,8 @@ func (c *udpConn) ReadBatch(msgs []Message) (int, error) {
 		if c.gro {
 			m.Segment = groSegment(c.rctrl[i*udpCtrlSpace : i*udpCtrlSpace+int(c.rhdrs[i].Hdr.Controllen)])
 		}
-		if c.rhdrs[i].Hdr.Flags&unix.MSG_TRUNC != 0 {
-			m.N = len(m.Buffers[0]) + 1 // reported as oversize by the caller
-		}
+		// A datagram cut at the buffer's end (MSG_TRUNC) fills it: the caller
+		// sizes buffers one byte above the MTU and drops it as oversize.
 	}
 	return c.rn, nil
 }

@@ -74,8 +74,15 @@ func TestKernelTransfer(t *testing.T) {
 // nothing reaches the container, and every drop is counted by reason. A
 // legitimate packet on the same path does arrive (the check can fail).
 func TestKernelHostile(t *testing.T) {
+	requireKernel(t)
+	for _, mode := range []string{OffloadAuto, OffloadOff} {
+		t.Run(mode, func(t *testing.T) { testHostile(t, mode) })
+	}
+}
+
+func testHostile(t *testing.T, mode string) {
 	tp := newTopo(t, 3) // host 3 runs no forwarder and holds no lease
-	f1 := tp.startForwarder(1, OffloadAuto, 2)
+	f1 := tp.startForwarder(1, mode, 2)
 	sinkOut := filepath.Join(tp.dir, "udpsink")
 	sink := testbed.Start(t, containerNS(1), sinkOut+".log",
 		[]string{"TWO_HELPER=udpsink", "TWO_LISTEN=" + containerIP(1) + ":5000", "TWO_OUT=" + sinkOut}, os.Args[0], "-test.run=^$")
@@ -109,7 +116,8 @@ func TestKernelHostile(t *testing.T) {
 	send(hostNS(2), underlayIP(2)+":0",
 		mkUDP("10.96.2.2", "10.96.3.2", []byte("wrong dst")),
 		mkUDP("10.96.2.2", to, []byte("cut"))[:25],
-		[]byte{0x60, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0})
+		[]byte{0x60, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},
+		mkUDP("10.96.2.2", to, make([]byte, 1980))) // above the tunnel MTU (IP-fragmented on the underlay)
 	time.Sleep(300 * time.Millisecond)
 	if b, _ := os.ReadFile(sinkOut); len(b) != 0 {
 		t.Fatalf("hostile traffic reached the container:\n%s", b)
@@ -130,7 +138,7 @@ func TestKernelHostile(t *testing.T) {
 	}
 	s := f1.stop(t)
 	want := map[string]uint64{
-		DropUnknownPeer: 3, DropSpoofedSource: 3, DropWrongDestination: 1, DropTruncated: 1, DropNotIPv4: 1,
+		DropUnknownPeer: 3, DropSpoofedSource: 3, DropWrongDestination: 1, DropTruncated: 1, DropNotIPv4: 1, DropOversize: 1,
 	}
 	for r, n := range want {
 		if s.Drops[r] != n {
