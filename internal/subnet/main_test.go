@@ -53,7 +53,7 @@ func runMain(m *testing.M) int {
 	sharedCli.Close()
 	shared.Close()
 	if code == 0 {
-		if err := goleak.Find(etcdtest.LeakOptions()...); err != nil {
+		if err := goleak.Find(); err != nil {
 			fmt.Fprintln(os.Stderr, "goroutine leak:", err)
 			return 1
 		}

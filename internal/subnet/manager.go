@@ -17,7 +17,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -129,6 +131,12 @@ func New(ctx context.Context, opts Options) (*Manager, error) {
 		subs:      map[*subscriber]struct{}{},
 	}
 	m.ctx, m.cancel = context.WithCancel(context.Background())
+	ok := false
+	defer func() {
+		if !ok {
+			m.cancel()
+		}
+	}()
 
 	kv := overlayKV{cli: opts.Client, prefix: opts.Prefix}
 	cctx, cancel := context.WithTimeout(ctx, opts.OpTimeout)
@@ -171,6 +179,7 @@ func New(ctx context.Context, opts Options) (*Manager, error) {
 	if err := m.register(o); err != nil {
 		return nil, err
 	}
+	ok = true
 	return m, nil
 }
 
@@ -229,12 +238,10 @@ func (m *Manager) Lease(ctx context.Context, overlay netip.Prefix) (Lease, error
 				return Lease{}, ctx.Err()
 			}
 		}
-		for other := range m.inUseLocked() {
-			if other.Overlaps(overlay) {
-				m.mu.Unlock()
-				return Lease{}, fmt.Errorf("overlay %s overlaps overlay %s already in use on this host; choose a --subnet that overlaps no other twill network: %w",
-					overlay, other, ErrOverlayOverlap)
-			}
+		if clash := overlapping(m.inUseLocked(), overlay); clash != "" {
+			m.mu.Unlock()
+			return Lease{}, fmt.Errorf("overlay %s overlaps %s already in use on this host; choose a --subnet that overlaps no other twill network: %w",
+				overlay, clash, ErrOverlayOverlap)
 		}
 		p := &pendingOverlay{done: make(chan struct{})}
 		m.pending[overlay] = p
@@ -317,13 +324,27 @@ func (m *Manager) checkRecordedOverlays(ctx context.Context, overlay netip.Prefi
 			seen[n.Masked()] = true
 		}
 	}
-	for n := range seen {
-		if n != overlay && n.Overlaps(overlay) {
-			return fmt.Errorf("overlay %s overlaps overlay %s already in etcd under %s; choose a --subnet that overlaps no other twill network: %w",
-				overlay, n, m.opts.Prefix, ErrOverlayOverlap)
-		}
+	delete(seen, overlay)
+	if clash := overlapping(seen, overlay); clash != "" {
+		return fmt.Errorf("overlay %s overlaps %s already in etcd under %s; choose a --subnet that overlaps no other twill network: %w",
+			overlay, clash, m.opts.Prefix, ErrOverlayOverlap)
 	}
 	return nil
+}
+
+// overlapping names the overlays of set that overlap n, in address order, or
+// returns "".
+func overlapping(set map[netip.Prefix]bool, n netip.Prefix) string {
+	var clash []string
+	for _, o := range slices.SortedFunc(maps.Keys(set), func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) }) {
+		if o.Overlaps(n) {
+			clash = append(clash, o.String())
+		}
+	}
+	if len(clash) == 0 {
+		return ""
+	}
+	return "overlay " + strings.Join(clash, ", ")
 }
 
 // open acquires this host's lease in the overlay and reads every lease, ready

@@ -214,6 +214,8 @@ func TestCompactionDoesNotLoseEvents(t *testing.T) {
 	if buf.count("fell behind etcd compaction") != 1 {
 		t.Errorf("the watch did not go through the compaction path")
 	}
+	o.cancel() // o.rev belongs to the loop
+	<-o.done
 	if o.rev <= compactedAt {
 		t.Errorf("revision %d not past the compaction %d", o.rev, compactedAt)
 	}
