@@ -24,6 +24,8 @@ commands:
   peers       per peer: packets and bytes in and out, last seen; drops by reason
   networks    twill's Docker networks on this host
   endpoints   twill's container interfaces on this host
+  doctor      check this host: forwarding, rp_filter, routes, firewall, etcd,
+              every peer through the tunnel (small and full-MTU), clock
   leave       give this host's leases back (decommissioning)
 `
 
@@ -63,7 +65,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-var errUnknown = errors.New("unknown command (see twillctl -h)")
+var (
+	errUnknown  = errors.New("unknown command (see twillctl -h)")
+	errProblems = errors.New("problems found (see FIX above)")
+)
 
 func command(ctx context.Context, c *control.Client, cmd string, asJSON bool, w io.Writer) error {
 	var v any
@@ -79,6 +84,20 @@ func command(ctx context.Context, c *control.Client, cmd string, asJSON bool, w 
 		v, table = &[]control.Network{}, func(w io.Writer, v any) { printNetworks(w, *v.(*[]control.Network)) }
 	case "endpoints":
 		v, table = &[]control.Endpoint{}, func(w io.Writer, v any) { printEndpoints(w, *v.(*[]control.Endpoint)) }
+	case "doctor":
+		fs := doctor(ctx, c)
+		if asJSON {
+			enc := json.NewEncoder(w)
+			enc.SetIndent("", "  ")
+			return enc.Encode(fs)
+		}
+		printFindings(w, fs)
+		for _, f := range fs {
+			if !f.OK {
+				return errProblems
+			}
+		}
+		return nil
 	case "leave":
 		if err := c.Leave(ctx); err != nil {
 			return err

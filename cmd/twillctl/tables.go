@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"net/netip"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -44,10 +45,10 @@ func until(t time.Time) string {
 
 func printLeases(w io.Writer, ls []control.Lease) {
 	sort.Slice(ls, func(i, j int) bool {
-		if ls[i].Network != ls[j].Network {
-			return ls[i].Network < ls[j].Network
+		if c := comparePrefix(ls[i].Network, ls[j].Network); c != 0 {
+			return c < 0
 		}
-		return ls[i].Subnet < ls[j].Subnet
+		return comparePrefix(ls[i].Subnet, ls[j].Subnet) < 0
 	})
 	t := newTab(w)
 	fmt.Fprintln(t, "NETWORK\tSUBNET\tPUBLIC IP\tBACKEND\tEXPIRES IN\tHOST")
@@ -116,4 +117,28 @@ func short(id string) string {
 		return id[:12]
 	}
 	return id
+}
+
+func printFindings(w io.Writer, fs []finding) {
+	for _, f := range fs {
+		mark := "ok  "
+		if !f.OK {
+			mark = "FAIL"
+		}
+		fmt.Fprintf(w, "%s  %-24s %s\n", mark, f.Check, f.Detail)
+		if f.Fix != "" {
+			fmt.Fprintf(w, "      %-24s FIX: %s\n", "", f.Fix)
+		}
+	}
+}
+
+// comparePrefix orders prefixes by address (10.96.7.0 before 10.96.12.0),
+// falling back to text for anything unparsable.
+func comparePrefix(a, b string) int {
+	pa, ea := netip.ParsePrefix(a)
+	pb, eb := netip.ParsePrefix(b)
+	if ea != nil || eb != nil {
+		return strings.Compare(a, b)
+	}
+	return pa.Addr().Compare(pb.Addr())
 }

@@ -103,6 +103,9 @@ type Source interface {
 // Handler serves src over HTTP: GET /status, /leases, /peers, /networks,
 // /endpoints and POST /leave. Errors answer {"error": "..."} with status 500.
 func Handler(src Source, log *slog.Logger) http.Handler {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	mux := http.NewServeMux()
 	get := func(path string, f func(ctx context.Context) (any, error)) {
 		mux.HandleFunc("GET "+path, func(w http.ResponseWriter, r *http.Request) {

@@ -1,0 +1,139 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/twill-net/twill/internal/control"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files")
+
+// fakeSource is a daemon with fixed answers.
+type fakeSource struct{ left bool }
+
+func (f *fakeSource) Status(ctx context.Context) (control.Status, error) {
+	return control.Status{Hostname: "node-a", PublicIP: "10.0.0.1", Port: 8285, Underlay: "eth0", MTU: 1472,
+		Offload: "offload", Etcd: "http://10.0.0.5:2379", EtcdHealthy: true, UptimeSecond: 3725,
+		Overlays: []control.OverlayLease{{Network: "10.96.0.0/16", Subnet: "10.96.7.0/24", Default: true, Expiry: time.Now().Add(23*time.Hour + 30*time.Second)}}}, nil
+}
+
+func (f *fakeSource) Leases(ctx context.Context) ([]control.Lease, error) {
+	exp := time.Now().Add(23*time.Hour + 30*time.Second)
+	return []control.Lease{
+		{Network: "10.96.0.0/16", Subnet: "10.96.9.0/24", PublicIP: "10.0.0.2", Expiry: exp},
+		{Network: "10.96.0.0/16", Subnet: "10.96.7.0/24", PublicIP: "10.0.0.1", Expiry: exp, Self: true},
+		{Network: "10.96.0.0/16", Subnet: "10.96.12.0/24", PublicIP: "10.0.0.9", BackendType: "vxlan", Flanneld: true, Expiry: exp},
+	}, nil
+}
+
+func (f *fakeSource) Peers(ctx context.Context) (control.Peers, error) {
+	return control.Peers{Peers: []control.Peer{{Subnet: "10.96.9.0/24", Addr: "10.0.0.2:8285", PacketsIn: 10, PacketsOut: 12, BytesIn: 1000, BytesOut: 1200}},
+		Drops: map[string]uint64{"unknown_peer": 3, "spoofed_source": 1}}, nil
+}
+
+func (f *fakeSource) Networks(ctx context.Context) ([]control.Network, error) {
+	return []control.Network{{ID: "5c87f637aa11bb22cc33", Bridge: "tw-5c87f637", Overlay: "10.96.0.0/16", Subnet: "10.96.7.0/24", Gateway: "10.96.7.1", MTU: 1472, Endpoints: 2}}, nil
+}
+
+func (f *fakeSource) Endpoints(ctx context.Context) ([]control.Endpoint, error) {
+	return []control.Endpoint{{ID: "896c02fc00112233aabb", Network: "5c87f637aa11bb22cc33", Address: "10.96.7.2/24", MAC: "02:42:0a:60:07:02", Veth: "twv896c02fc"}}, nil
+}
+
+func (f *fakeSource) Leave(ctx context.Context) error {
+	if f.left {
+		return errors.New("no lease held")
+	}
+	f.left = true
+	return nil
+}
+
+func serveFake(t *testing.T) string {
+	sock := filepath.Join(t.TempDir(), "ctl.sock")
+	ln, err := control.Listen(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: control.Handler(&fakeSource{}, nil)}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return sock
+}
+
+func TestTablesMatchGolden(t *testing.T) {
+	sock := serveFake(t)
+	for _, cmd := range []string{"status", "leases", "peers", "networks", "endpoints"} {
+		var out, errb bytes.Buffer
+		if rc := run([]string{"--socket", sock, cmd}, &out, &errb); rc != 0 {
+			t.Fatalf("%s: rc %d: %s", cmd, rc, errb.String())
+		}
+		golden := filepath.Join("testdata", cmd+".golden")
+		if *update {
+			os.WriteFile(golden, out.Bytes(), 0o644)
+		}
+		want, err := os.ReadFile(golden)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out.String() != string(want) {
+			t.Errorf("%s output:\n%s\nwant:\n%s", cmd, out.String(), want)
+		}
+	}
+}
+
+func TestJSONSchema(t *testing.T) {
+	sock := serveFake(t)
+	want := map[string][]string{
+		"status":    {"hostname", "public_ip", "port", "mtu", "offload", "etcd", "etcd_healthy", "uptime_seconds", "overlays"},
+		"peers":     {"peers", "drops"},
+		"leases":    {"network", "subnet", "public_ip", "backend_type", "expiry", "self", "flanneld"},
+		"networks":  {"id", "bridge", "overlay", "subnet", "gateway", "internal", "mtu", "endpoints"},
+		"endpoints": {"id", "network", "address", "mac", "veth"},
+	}
+	for cmd, keys := range want {
+		var out, errb bytes.Buffer
+		if rc := run([]string{"--socket", sock, "--json", cmd}, &out, &errb); rc != 0 {
+			t.Fatalf("%s: rc %d: %s", cmd, rc, errb.String())
+		}
+		var obj map[string]any
+		var list []map[string]any
+		if err := json.Unmarshal(out.Bytes(), &obj); err != nil {
+			if err := json.Unmarshal(out.Bytes(), &list); err != nil || len(list) == 0 {
+				t.Fatalf("%s --json is neither an object nor a non-empty list: %s", cmd, out.String())
+			}
+			obj = list[0]
+		}
+		for _, k := range keys {
+			if _, ok := obj[k]; !ok {
+				t.Errorf("%s --json lacks %q: %s", cmd, k, out.String())
+			}
+		}
+	}
+}
+
+func TestErrorsSayWhatToDo(t *testing.T) {
+	var out, errb bytes.Buffer
+	rc := run([]string{"--socket", filepath.Join(t.TempDir(), "none.sock"), "status"}, &out, &errb)
+	if rc != 1 || !strings.Contains(errb.String(), "is twilld running") {
+		t.Errorf("rc %d, stderr %q", rc, errb.String())
+	}
+	errb.Reset()
+	if rc := run([]string{"bogus"}, &out, &errb); rc != 1 || !strings.Contains(errb.String(), "unknown command") {
+		t.Errorf("rc %d, stderr %q", rc, errb.String())
+	}
+	sock := serveFake(t)
+	errb.Reset()
+	run([]string{"--socket", sock, "leave"}, &out, &errb)
+	if rc := run([]string{"--socket", sock, "leave"}, &out, &errb); rc != 1 || !strings.Contains(errb.String(), "no lease held") {
+		t.Errorf("second leave: rc %d, stderr %q", rc, errb.String())
+	}
+}
