@@ -33,6 +33,10 @@ func TestMain(m *testing.M) {
 		os.Exit(roleTicker(os.Args[1], os.Args[2]))
 	case "gapsink":
 		os.Exit(roleGapSink(os.Args[1], os.Args[2]))
+	case "burst":
+		count, _ := strconv.Atoi(os.Args[2])
+		size, _ := strconv.Atoi(os.Args[3])
+		os.Exit(roleBurst(os.Args[1], count, size))
 	case "forge":
 		os.Exit(roleForge(os.Args[1:]))
 	default:
@@ -219,5 +223,32 @@ func roleGapSink(addr, duration string) int {
 		n++
 	}
 	fmt.Printf("%d %d\n", n, worst.Milliseconds())
+	return 0
+}
+
+// roleBurst sends count UDP datagrams of size payload bytes to addr, paced so
+// that none is lost to a full queue.
+func roleBurst(addr string, count, size int) int {
+	// Unconnected, so ICMP port unreachable from the far end is not an error.
+	c, err := net.ListenPacket("udp", ":0")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	dst, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	buf := make([]byte, size)
+	for i := 0; i < count; i++ {
+		if _, err := c.WriteTo(buf, dst); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		if i%50 == 49 {
+			time.Sleep(2 * time.Millisecond)
+		}
+	}
 	return 0
 }
