@@ -310,3 +310,47 @@ func TestFullOverlayIsExhausted(t *testing.T) {
 		}
 	}
 }
+
+func TestTakesOverFlanneldLeaseOfOwnPublicIP(t *testing.T) {
+	p := testPrefix(t)
+	o := opts(t, p)
+	sn := netip.MustParsePrefix("10.96.42.0/24")
+	old := putLease(t, sharedCli, p, sn, fmt.Sprintf(`{"PublicIP":"%s","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}`, o.PublicIP), 600)
+	m := newManager(t, o)
+	l := m.Leases()[0]
+	if l.Subnet != sn || clientv3.LeaseID(l.EtcdLease) == old {
+		t.Fatalf("got %v on etcd lease %x, want %v taken over on a new grant", l.Subnet, l.EtcdLease, sn)
+	}
+	val, id := mustGet(t, sharedCli, p+"/subnets/"+subnetKey(sn))
+	if want := fmt.Sprintf(`{"PublicIP":"%s","PublicIPv6":null}`, o.PublicIP); val != want || id != l.EtcdLease {
+		t.Fatalf("key holds %s on %x, want %s on %x", val, id, want, l.EtcdLease)
+	}
+}
+
+func TestReservationIsUsedAndNeverRenewed(t *testing.T) {
+	p := testPrefix(t)
+	o := opts(t, p)
+	clock := NewFakeClock(t0)
+	o.Clock = clock
+	sn := netip.MustParsePrefix("10.96.9.0/24")
+	// A reservation: written without a TTL by an operator (flannel's
+	// Documentation/reservations.md).
+	if _, err := sharedCli.Put(ctxT(t), p+"/subnets/"+subnetKey(sn), fmt.Sprintf(`{"PublicIP":"%s","PublicIPv6":null}`, o.PublicIP)); err != nil {
+		t.Fatal(err)
+	}
+	m := newManager(t, o)
+	l := m.Leases()[0]
+	if l.Subnet != sn || l.EtcdLease != 0 || !l.Expiration.IsZero() {
+		t.Fatalf("got %+v, want the reservation %v", l, sn)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if p := clock.Pending(); len(p) != 0 {
+		t.Errorf("timers %v armed for a reservation", p)
+	}
+	if err := m.Release(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	if val, _ := mustGet(t, sharedCli, p+"/subnets/"+subnetKey(sn)); val == "" {
+		t.Error("Release removed the reservation")
+	}
+}
