@@ -173,7 +173,9 @@ func (h host) pluginPIDs() []int {
 	var pids []int
 	for _, f := range strings.Fields(out) {
 		exe, err := os.Readlink("/proc/" + f + "/exe")
-		if err == nil && strings.HasSuffix(exe, "/rootfs/twilld") {
+		// the plugin's rootfs is mounted in dockerd's mount namespace only, so
+		// from here its binary reads as /twilld
+		if err == nil && (exe == "/twilld" || strings.HasSuffix(exe, "/rootfs/twilld")) {
 			var pid int
 			fmt.Sscan(f, &pid)
 			pids = append(pids, pid)
@@ -199,7 +201,7 @@ func (h host) pluginLog(id string) string {
 // socket is in the state directory the plugin mounts).
 func (h host) twillctl(args ...string) (string, error) {
 	sock := filepath.Join(h.dir(), "twill", "twill-ctl.sock")
-	return run(30*time.Second, filepath.Join(repoRoot, "bin", "twillctl"), append([]string{"--socket", sock}, args...)...)
+	return run(30*time.Second, envOr("TWILLCTL", filepath.Join(repoRoot, "bin", "twillctl")), append([]string{"--socket", sock}, args...)...)
 }
 
 // eventually retries f until it returns nil or the timeout passes.

@@ -138,7 +138,7 @@ func pings(t *testing.T, c ctr, targets []netip.Addr) []netip.Addr {
 	for _, a := range targets {
 		list = append(list, a.String())
 	}
-	script := `for ip in ` + strings.Join(list, " ") + `; do if ping -c 2 -w 3 $ip >/dev/null 2>&1; then echo "ok $ip"; else echo "FAIL $ip"; fi; done`
+	script := `for ip in ` + strings.Join(list, " ") + `; do if ping -c 1 -W 2 $ip >/dev/null 2>&1 || ping -c 1 -W 2 $ip >/dev/null 2>&1; then echo "ok $ip"; else echo "FAIL $ip"; fi; done`
 	out, err := c.h.docker("exec", c.name, "sh", "-c", script)
 	if err != nil {
 		t.Fatalf("ping from %s: %v", c, err)
@@ -201,7 +201,7 @@ func (s *scenario) hostsReach(t *testing.T) {
 			if c.h == h {
 				continue
 			}
-			if out, err := h.sh(10*time.Second, "busybox", "ping", "-c", "2", "-w", "3", c.ip.String()); err != nil {
+			if out, err := h.sh(10*time.Second, "busybox", "ping", "-c", "1", "-W", "3", c.ip.String()); err != nil {
 				t.Errorf("host %s cannot reach %s: %v %s", h, c, err, out)
 			}
 		}
@@ -227,7 +227,9 @@ func transfer(t *testing.T, src, dst ctr, mb int) time.Duration {
 	rx := make(chan result, 1)
 	go func() {
 		out, err := dst.h.docker("exec", dst.name, "sh", "-c",
-			"nc -l -p 5001 > /tmp/rx; wc -c < /tmp/rx; sha256sum < /tmp/rx | cut -d' ' -f1; rm -f /tmp/rx")
+			// busybox nc -l closes the connection when its own stdin ends; with -e
+			// the program gets the socket and stdin does not matter
+			"nc -l -p 5001 -e sh -c 'cat > /tmp/rx'; wc -c < /tmp/rx; sha256sum < /tmp/rx | cut -d' ' -f1; rm -f /tmp/rx")
 		rx <- result{out, err}
 	}()
 	start := time.Now()

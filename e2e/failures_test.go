@@ -280,7 +280,7 @@ func (s *scenario) badInput(t *testing.T) {
 	t.Run("no-dev-net-tun", func(t *testing.T) {
 		// the same bundle without the /dev/net/tun device
 		dir := t.TempDir()
-		if out, err := run(time.Minute, "cp", "-a", filepath.Join(repoRoot, "plugin", "build", "bundle", "."), dir); err != nil {
+		if out, err := run(time.Minute, "cp", "-a", envOr("TWE_BUNDLE", filepath.Join(repoRoot, "plugin", "build", "bundle"))+"/.", dir); err != nil {
 			t.Fatal(out, err)
 		}
 		cfg := filepath.Join(dir, "config.json")

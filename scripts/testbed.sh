@@ -236,7 +236,7 @@ host_pids() {
 	local n=$1 f
 	ip netns pids "twe-h$n" 2>/dev/null || true
 	for f in /proc/[0-9]*/cmdline; do
-		tr '\0' ' ' <"$f" 2>/dev/null | grep -q "/run/twe-h$n/" && { f=${f#/proc/}; echo "${f%/cmdline}"; }
+		tr '\0' ' ' 2>/dev/null <"$f" | grep -q "/run/twe-h$n/" && { f=${f#/proc/}; echo "${f%/cmdline}"; }
 	done
 	cat /sys/fs/cgroup/pids/twe-h"$n"/*/cgroup.procs /sys/fs/cgroup/twe-h"$n"/*/cgroup.procs 2>/dev/null || true
 }
