@@ -24,11 +24,15 @@ up() {
 	say "1/6 packages"
 	ensure_cmds ip nsenter dockerd containerd runc docker etcd etcdctl docker-registry busybox iptables iperf3
 	command -v go >/dev/null || die "go is not installed (Go $(sed -n 's/^go //p' go.mod) from https://go.dev/dl)"
-	say "2/6 building twilld and twillctl (a cold build takes a few minutes on 2 cores)"
-	CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o bin/twilld ./cmd/twilld
-	CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o bin/twillctl ./cmd/twillctl
-	say "3/6 plugin bundle"
-	TWILLD_BIN=$ROOT/bin/twilld TWILLCTL_BIN=$ROOT/bin/twillctl plugin/build.sh --bundle-only >/dev/null
+	if [ -n "${TWE_BUNDLE:-}" ]; then
+		say "2-3/6 using the plugin bundle in $TWE_BUNDLE"
+	else
+		say "2/6 building twilld and twillctl (a cold build takes a few minutes on 2 cores)"
+		CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o bin/twilld ./cmd/twilld
+		CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o bin/twillctl ./cmd/twillctl
+		say "3/6 plugin bundle"
+		TWILLD_BIN=$ROOT/bin/twilld TWILLCTL_BIN=$ROOT/bin/twillctl plugin/build.sh --bundle-only >/dev/null
+	fi
 	say "4/6 three Docker hosts, etcd, registry; twill installed from the registry"
 	bash $TB up
 	say "5/6 network '$NET' and two containers on every host"
@@ -106,6 +110,17 @@ report() {
 	kill "$srv" 2>/dev/null || true
 	wait "$srv" 2>/dev/null || true
 	echo "  (h1's twill0 $dst; the UDP tunnel runs in userspace, in twilld)"
+	echo "THROUGHPUT (busybox nc, container h2-a -> container h1-a, 200 MiB, time of the sending docker exec)"
+	local to t0 t1 got
+	to=$(cip 1 h1-a)
+	dk 1 exec -d h1-a sh -c "nc -l -p 5201 -e sh -c 'wc -c > /tmp/got'"
+	sleep 0.5
+	t0=$(date +%s%N)
+	dk 2 exec h2-a sh -c "dd if=/dev/zero bs=1048576 count=200 2>/dev/null | nc $to 5201" || true
+	t1=$(date +%s%N)
+	sleep 0.3
+	got=$(dk 1 exec h1-a sh -c 'cat /tmp/got; rm -f /tmp/got' 2>/dev/null || echo 0)
+	echo "  $got bytes arrived in $(((t1 - t0) / 1000000)) ms = $((got * 8 / ((t1 - t0) / 1000))) Mbit/s"
 }
 
 case ${1:-up} in
