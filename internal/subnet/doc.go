@@ -18,11 +18,17 @@
 //     among the first 100 free ones; all of them makes collisions between
 //     many starting hosts rarer). A lost create race revokes its grant and
 //     retries, 10 times at most.
-//   - Same public IP: when a live lease carries this host's public IP but
-//     the Store recorded a different subnet, another live host uses the same
-//     address: New fails with ErrPublicIPInUse naming both subnets. Without a
-//     record (a fresh state dir) the lease is reused, as flanneld would; two
-//     hosts that share an address and have no state cannot be told apart.
+//   - Same public IP: every running host keeps a presence key
+//     `<prefix>/hosts/<public IP>` (value {"ID":…,"Hostname":…}) on a 10 s
+//     etcd lease it keeps alive; flanneld ignores it. A second host with the
+//     same public IP sees that key being renewed and New fails with
+//     ErrPublicIPInUse naming the other host and its subnet (within about 5
+//     s). A key left by a crashed host stops being renewed: the new host
+//     waits for it to expire (≤ 10 s) and then takes the crashed host's
+//     lease back, as flanneld would. A restart with the same state (Store
+//     HostID) takes its presence back at once; Close and Release revoke it.
+//     Independently, a live lease with our public IP at another subnet than
+//     the Store recorded (e.g. a flanneld) is refused the same way.
 //   - Renewal keeps the key and its etcd lease and only extends the lease
 //     (KeepAliveOnce) an hour before expiry, so renewals cause no watch
 //     events; flanneld re-puts the key instead, which twill's watch reads as

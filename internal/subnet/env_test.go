@@ -57,9 +57,19 @@ func TestFileStore(t *testing.T) {
 	if err := s.SaveSubnet(netip.MustParsePrefix("10.97.0.0/16"), netip.MustParsePrefix("10.97.3.0/24")); err != nil {
 		t.Fatal(err)
 	}
+	id, err := s.HostID()
+	if err != nil || len(id) != 16 {
+		t.Fatalf("host ID %q %v", id, err)
+	}
 	s2 := NewFileStore(path) // as after a restart
 	if sn, err := s2.LastSubnet(ov); err != nil || sn != netip.MustParsePrefix("10.96.7.0/24") {
 		t.Fatalf("after reopen: %v %v", sn, err)
+	}
+	if id2, err := s2.HostID(); err != nil || id2 != id {
+		t.Fatalf("host ID after reopen %q %v, want %q", id2, err, id)
+	}
+	if other, _ := NewFileStore(filepath.Join(t.TempDir(), "x.json")).HostID(); other == id {
+		t.Fatal("two state dirs share a host ID")
 	}
 	os.WriteFile(path, []byte("garbage"), 0o600)
 	if _, err := s2.LastSubnet(ov); err == nil {

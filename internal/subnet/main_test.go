@@ -124,7 +124,8 @@ func hostIP() netip.Addr { return a4(0x0a630000 + ipSeq.Add(1)) }
 func opts(t testing.TB, prefix string) Options {
 	log, _ := testLogger(t)
 	return Options{Client: sharedCli, Prefix: prefix, Network: net96, PublicIP: hostIP(), Log: log,
-		RetryMin: 50 * time.Millisecond, RetryMax: 500 * time.Millisecond, OpTimeout: 5 * time.Second}
+		RetryMin: 50 * time.Millisecond, RetryMax: 500 * time.Millisecond, OpTimeout: 5 * time.Second,
+		PresenceTTL: 3 * time.Second}
 }
 
 func newManager(t testing.TB, o Options) *Manager {

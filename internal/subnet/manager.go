@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -55,6 +56,9 @@ type Options struct {
 	RetryMin    time.Duration // first retry delay when etcd fails; 1 s if zero
 	RetryMax    time.Duration // longest retry delay; 1 min if zero
 	OpTimeout   time.Duration // bound of one etcd round (list+write); 10 s if zero
+	// PresenceTTL is the TTL of this host's presence key (see presence.go);
+	// DefaultPresenceTTL if zero.
+	PresenceTTL time.Duration
 }
 
 // Manager holds this host's leases in every overlay it uses.
@@ -72,6 +76,11 @@ type Manager struct {
 	published map[netip.Prefix]map[netip.Prefix]Event // what subscribers were told, per overlay
 	subs      map[*subscriber]struct{}
 	closed    bool
+
+	presence       *presence
+	presenceLease  clientv3.LeaseID // guarded by mu
+	presenceCancel context.CancelFunc
+	presenceDone   chan struct{}
 }
 
 type pendingOverlay struct {
@@ -107,6 +116,7 @@ func New(ctx context.Context, opts Options) (*Manager, error) {
 	setDefault(&opts.RetryMin, time.Second)
 	setDefault(&opts.RetryMax, time.Minute)
 	setDefault(&opts.OpTimeout, 10*time.Second)
+	setDefault(&opts.PresenceTTL, DefaultPresenceTTL)
 
 	m := &Manager{
 		opts:      opts,
@@ -155,6 +165,20 @@ func New(ctx context.Context, opts Options) (*Manager, error) {
 		m.log.Info("using the overlay already configured in etcd", "key", kv.configKey(),
 			"network", cfg.Network, "configured", opts.Network)
 	}
+	// A live host with our public IP is refused before any lease is touched.
+	if m.presence, err = m.newPresence(); err != nil {
+		return nil, err
+	}
+	pid, err := m.presence.claim(ctx)
+	if err != nil {
+		return nil, m.presenceError(ctx, err)
+	}
+	m.setPresenceLease(pid)
+	defer func() {
+		if !ok {
+			m.revokePresence()
+		}
+	}()
 	o, err := m.open(ctx, kv, cfg)
 	if err != nil {
 		return nil, err
@@ -165,8 +189,45 @@ func New(ctx context.Context, opts Options) (*Manager, error) {
 	if err := m.register(o); err != nil {
 		return nil, err
 	}
+	pctx, pcancel := context.WithCancel(m.ctx)
+	m.presenceCancel, m.presenceDone = pcancel, make(chan struct{})
+	go func() {
+		defer close(m.presenceDone)
+		m.presence.keep(pctx, m, pid)
+	}()
 	ok = true
 	return m, nil
+}
+
+func (m *Manager) setPresenceLease(id clientv3.LeaseID) {
+	m.mu.Lock()
+	m.presenceLease = id
+	m.mu.Unlock()
+}
+
+// stopPresence stops renewing the presence key and revokes it, so that a
+// new host may use this public IP at once.
+func (m *Manager) stopPresence() {
+	if m.presenceCancel != nil {
+		m.presenceCancel()
+		<-m.presenceDone
+	}
+	m.revokePresence()
+}
+
+func (m *Manager) revokePresence() {
+	m.mu.Lock()
+	id := m.presenceLease
+	m.presenceLease = 0
+	m.mu.Unlock()
+	if id == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if _, err := m.opts.Client.Revoke(ctx, id); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		m.log.Debug("revoking the presence key; it expires by itself", "err", err)
+	}
 }
 
 func setDefault(d *time.Duration, v time.Duration) {
@@ -337,16 +398,19 @@ func (m *Manager) Release(ctx context.Context) error {
 	m.mu.Lock()
 	m.closed = true
 	m.mu.Unlock()
+	m.stopPresence()
 	return errors.Join(errs...)
 }
 
 // Close stops renewing and watching and closes every subscription. The
-// leases stay in etcd (until their TTL) so a restart takes them back.
+// leases stay in etcd (until their TTL) so a restart takes them back; the
+// presence key is revoked, so another host may take this public IP.
 func (m *Manager) Close() error {
 	m.mu.Lock()
 	m.closed = true
 	m.mu.Unlock()
 	m.cancel()
 	m.wg.Wait()
+	m.stopPresence()
 	return nil
 }

@@ -208,22 +208,100 @@ func TestSecondLiveHostWithSamePublicIPIsRefused(t *testing.T) {
 	m1 := newManager(t, o)
 	held := m1.Leases()[0].Subnet
 
-	// Another machine, same public IP, whose state dir recorded another subnet.
+	// Another machine, same public IP, no state at all: its lease would look
+	// like m1's, but m1's presence key is being renewed.
 	o2 := o
 	o2.Store = &MemStore{}
-	other := netip.MustParsePrefix("10.96.200.0/24")
-	if other == held {
-		other = netip.MustParsePrefix("10.96.201.0/24")
-	}
-	o2.Store.SaveSubnet(net96, other)
+	start := time.Now()
 	_, err := New(ctxT(t), o2)
+	t.Logf("refused after %v: %v", time.Since(start), err)
 	if !errors.Is(err, ErrPublicIPInUse) {
 		t.Fatalf("err %v, want ErrPublicIPInUse", err)
 	}
-	for _, s := range []string{o.PublicIP.String(), held.String(), other.String(), "TWILL_PUBLIC_IP", "etcdctl del"} {
+	if took := time.Since(start); took > o.PresenceTTL {
+		t.Errorf("took %v to recognise a live host, want under the presence TTL %v", took, o.PresenceTTL)
+	}
+	for _, s := range []string{o.PublicIP.String(), held.String(), "TWILL_PUBLIC_IP", p + "/hosts/" + o.PublicIP.String()} {
 		if !strings.Contains(err.Error(), s) {
 			t.Errorf("error %q does not name %s", err, s)
 		}
+	}
+	if ls := m1.Leases(); len(ls) != 1 || ls[0].Subnet != held {
+		t.Errorf("the first host's lease changed: %v", ls)
+	}
+	resp, _ := sharedCli.Get(ctxT(t), p+"/subnets/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if resp.Count != 1 {
+		t.Errorf("%d leases in etcd, want the first host's only", resp.Count)
+	}
+}
+
+func TestLeaseOfOurIPAtAnotherSubnetThanRecordedIsRefused(t *testing.T) {
+	// A flanneld (no presence key) holds a lease with our public IP, but
+	// this host's state recorded another subnet: two hosts share the IP.
+	p := testPrefix(t)
+	o := opts(t, p)
+	theirs := netip.MustParsePrefix("10.96.33.0/24")
+	putLease(t, sharedCli, p, theirs, fmt.Sprintf(`{"PublicIP":"%s","PublicIPv6":null}`, o.PublicIP), 600)
+	o.Store = &MemStore{}
+	ours := netip.MustParsePrefix("10.96.44.0/24")
+	o.Store.SaveSubnet(net96, ours)
+	_, err := New(ctxT(t), o)
+	if !errors.Is(err, ErrPublicIPInUse) {
+		t.Fatalf("err %v, want ErrPublicIPInUse", err)
+	}
+	for _, s := range []string{o.PublicIP.String(), theirs.String(), ours.String(), "TWILL_PUBLIC_IP", "etcdctl del"} {
+		if !strings.Contains(err.Error(), s) {
+			t.Errorf("error %q does not name %s", err, s)
+		}
+	}
+}
+
+func TestCrashedHostsPublicIPIsFreeAfterPresenceTTL(t *testing.T) {
+	p := testPrefix(t)
+	o := opts(t, p)
+	// A host crashed a moment ago: its lease and its presence key (not
+	// renewed any more, 2 s left) are still there.
+	held := netip.MustParsePrefix("10.96.61.0/24")
+	putLease(t, sharedCli, p, held, fmt.Sprintf(`{"PublicIP":"%s","PublicIPv6":null}`, o.PublicIP), 600)
+	g, err := sharedCli.Grant(ctxT(t), 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := p + "/hosts/" + o.PublicIP.String()
+	if _, err := sharedCli.Put(ctxT(t), key, `{"ID":"crashed","Hostname":"old"}`, clientv3.WithLease(g.ID)); err != nil {
+		t.Fatal(err)
+	}
+	// Restarted with a fresh state dir: waits for the presence to expire,
+	// then takes its lease back, as flanneld would.
+	o.Store = &MemStore{}
+	start := time.Now()
+	m := newManager(t, o)
+	t.Logf("started after %v", time.Since(start))
+	if got := m.Leases()[0].Subnet; got != held {
+		t.Fatalf("got %v, want the lease of our public IP %v", got, held)
+	}
+	val, _ := mustGet(t, sharedCli, key)
+	if !strings.Contains(val, `"ID":"`) || strings.Contains(val, "crashed") {
+		t.Errorf("presence key holds %s, want this host's", val)
+	}
+
+	// Killed (no Close) and restarted with the same state: takes its own
+	// presence back at once.
+	o2 := opts(t, p)
+	o2.Store = &MemStore{}
+	id, _ := o2.Store.HostID()
+	g2, _ := sharedCli.Grant(ctxT(t), 600)
+	key2 := p + "/hosts/" + o2.PublicIP.String()
+	if _, err := sharedCli.Put(ctxT(t), key2, `{"ID":"`+id+`"}`, clientv3.WithLease(g2.ID)); err != nil {
+		t.Fatal(err)
+	}
+	start = time.Now()
+	newManager(t, o2)
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("restart of the same host took %v", took)
+	}
+	if ttl, _ := sharedCli.TimeToLive(ctxT(t), g2.ID); ttl.TTL > 0 {
+		t.Errorf("the old presence lease was not revoked")
 	}
 }
 
