@@ -13,13 +13,16 @@ need_root "the e2e run"
 ensure_cmds ip nsenter dockerd containerd runc etcd etcdctl docker-registry busybox docker-compose iptables
 command -v go >/dev/null || die "go is not installed"
 
-if [ ! -x bin/twilld ] || [ ! -x bin/twillctl ]; then
+# TWILLD_BIN / TWILLCTL_BIN: test other binaries than bin/ (make e2e builds bin/ first)
+export TWILLD_BIN=${TWILLD_BIN:-$ROOT/bin/twilld} TWILLCTL_BIN=${TWILLCTL_BIN:-$ROOT/bin/twillctl}
+if [ ! -x "$TWILLD_BIN" ] || [ ! -x "$TWILLCTL_BIN" ]; then
 	say "building bin/twilld and bin/twillctl"
 	CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o bin/twilld ./cmd/twilld
 	CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o bin/twillctl ./cmd/twillctl
 fi
 say "plugin bundle"
-TWILLD_BIN=$ROOT/bin/twilld TWILLCTL_BIN=$ROOT/bin/twillctl plugin/build.sh --bundle-only >/dev/null
+plugin/build.sh --bundle-only >/dev/null
+export TWILLCTL=$TWILLCTL_BIN # the host-side twillctl the tests run
 
 if [ "${TWILL_E2E_KEEP:-}" != 1 ]; then
 	trap 'bash scripts/testbed.sh down >/dev/null 2>&1 || true' EXIT

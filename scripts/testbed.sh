@@ -217,9 +217,15 @@ up_inner() {
 	done
 	local failed=0
 	for n in $(seq 1 "$HOSTS"); do
-		wait "${pids[$((n - 1))]}" || { failed=1; echo "host $n: plugin install failed:" >&2; cat "$STATE/h$n/install.log" >&2; }
+		wait "${pids[$((n - 1))]}" || {
+			failed=1
+			echo "host $n: plugin install failed: $(tail -1 "$STATE/h$n/install.log")" >&2
+			echo "host $n: the plugin's last errors (whole log after the cleanup: grep plugin= $LOGS/h$n-dockerd.log):" >&2
+			grep 'plugin=' "$STATE/h$n/dockerd.log" | grep -E 'level=(ERROR|WARN)|panic|fatal|bad settings|  [A-Z_]+ ' |
+				tail -6 | sed 's/^.*msg="//; s/" plugin=.*$//; s/^/    /' >&2 || true
+		}
 	done
-	[ $failed = 0 ] || die "plugin install failed (plugin log: grep plugin= $STATE/hN/dockerd.log)"
+	[ $failed = 0 ] || die "plugin install failed (the logs stay in $LOGS after the cleanup)"
 	say "testbed up: $HOSTS hosts, etcd $ETCD_URL, registry $REG"
 }
 
