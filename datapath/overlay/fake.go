@@ -118,13 +118,13 @@ type fakeDatagram struct {
 // Message.Segment; with gro it merges consecutive equal-sized datagrams of
 // one sender into one buffer, as the kernel's UDP GRO does.
 type FakeConn struct {
-	net     *FakeNetwork
-	addr    netip.AddrPort
-	gso     atomic.Bool
-	gro     bool
-	refuse  bool
-	in      chan fakeDatagram
-	pending *fakeDatagram
+	net    *FakeNetwork
+	addr   netip.AddrPort
+	gso    atomic.Bool
+	gro    bool
+	refuse bool
+	in     chan []fakeDatagram // one element per sent message: a GSO train arrives whole
+	queue  []fakeDatagram      // received, not yet read; owned by the reader
 
 	closeOnce sync.Once
 	done      chan struct{}
@@ -134,7 +134,7 @@ var _ PacketConn = (*FakeConn)(nil)
 
 // Listen attaches a conn at addr.
 func (n *FakeNetwork) Listen(addr netip.AddrPort, gso, gro bool) *FakeConn {
-	c := &FakeConn{net: n, addr: addr, gro: gro, in: make(chan fakeDatagram, 8192), done: make(chan struct{})}
+	c := &FakeConn{net: n, addr: addr, gro: gro, in: make(chan []fakeDatagram, 8192), done: make(chan struct{})}
 	c.gso.Store(gso)
 	n.mu.Lock()
 	n.conns[addr] = c
@@ -145,6 +145,10 @@ func (n *FakeNetwork) Listen(addr netip.AddrPort, gso, gro bool) *FakeConn {
 // Send delivers data to the conn at to as if from from; unknown
 // destinations and full queues lose the datagram, like UDP.
 func (n *FakeNetwork) Send(from, to netip.AddrPort, data []byte) {
+	n.deliver(to, []fakeDatagram{{from: from, data: append([]byte(nil), data...)}})
+}
+
+func (n *FakeNetwork) deliver(to netip.AddrPort, train []fakeDatagram) {
 	n.mu.Lock()
 	c := n.conns[to]
 	n.mu.Unlock()
@@ -152,7 +156,7 @@ func (n *FakeNetwork) Send(from, to netip.AddrPort, data []byte) {
 		return
 	}
 	select {
-	case c.in <- fakeDatagram{from: from, data: append([]byte(nil), data...)}:
+	case c.in <- train:
 	default:
 	}
 }
@@ -183,33 +187,36 @@ func (c *FakeConn) WriteBatch(msgs []Message) (int, error) {
 		if seg == 0 {
 			seg = len(p)
 		}
+		var train []fakeDatagram
 		for off := 0; off < len(p); off += seg {
-			c.net.Send(c.addr, m.Addr, p[off:min(off+seg, len(p))])
+			train = append(train, fakeDatagram{from: c.addr, data: p[off:min(off+seg, len(p))]})
 		}
+		c.net.deliver(m.Addr, train)
 	}
 	return len(msgs), nil
 }
 
 func (c *FakeConn) next(block bool) (fakeDatagram, bool) {
-	if c.pending != nil {
-		d := *c.pending
-		c.pending = nil
-		return d, true
-	}
-	if block {
-		select {
-		case d := <-c.in:
-			return d, true
-		case <-c.done:
-			return fakeDatagram{}, false
+	if len(c.queue) == 0 {
+		if block {
+			select {
+			case t := <-c.in:
+				c.queue = append(c.queue, t...)
+			case <-c.done:
+				return fakeDatagram{}, false
+			}
+		} else {
+			select {
+			case t := <-c.in:
+				c.queue = append(c.queue, t...)
+			default:
+				return fakeDatagram{}, false
+			}
 		}
 	}
-	select {
-	case d := <-c.in:
-		return d, true
-	default:
-		return fakeDatagram{}, false
-	}
+	d := c.queue[0]
+	c.queue = c.queue[1:]
+	return d, true
 }
 
 func (c *FakeConn) ReadBatch(msgs []Message) (int, error) {
@@ -230,7 +237,7 @@ func (c *FakeConn) ReadBatch(msgs []Message) (int, error) {
 				break
 			}
 			if e.from != d.from || len(e.data) > seg || m.N+len(e.data) > len(buf) {
-				c.pending = &e
+				c.queue = append([]fakeDatagram{e}, c.queue...)
 				break
 			}
 			m.N += copy(buf[m.N:], e.data)

@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strconv"
 	"syscall"
 	"time"
@@ -85,6 +86,13 @@ func helperForwarder() error {
 	if err := os.WriteFile(c.Ready, []byte(f.Path()), 0o644); err != nil {
 		f.Close()
 		return err
+	}
+	if p := os.Getenv("TWO_CPUPROFILE"); p != "" {
+		// Profiling the forwarder process itself, for datapath work.
+		pf, err := os.Create(fmt.Sprintf("%s.%s", p, c.Public))
+		if err == nil && pprof.StartCPUProfile(pf) == nil {
+			defer pprof.StopCPUProfile()
+		}
 	}
 	runErr := f.Run(ctx)
 	b, err := json.MarshalIndent(f.Stats(), "", " ")
