@@ -287,6 +287,16 @@ func TestUpdateValidation(t *testing.T) {
 	}
 }
 
+func TestOwnLeaseIsNeverAPeer(t *testing.T) {
+	n, a, _ := twoFakeHosts(t, fakeOpts{}, fakeOpts{})
+	must(t, a.fwd.SetPeer(pfx("10.96.1.0/24"), ap("192.0.2.1:8285"))) // a watch reporting our own lease
+	a.tun.Inject(mkUDP("10.96.1.5", "10.96.1.9", nil))
+	waitDrop(t, a.fwd, DropNoRoute, 1)
+	n.Send(ap("192.0.2.1:8285"), ap("192.0.2.1:8285"), mkUDP("10.96.1.9", "10.96.1.5", nil))
+	waitDrop(t, a.fwd, DropWrongDestination, 1)
+	expectNothing(t, a.tun)
+}
+
 func TestReplaceOverlayLease(t *testing.T) {
 	_, a, _ := twoFakeHosts(t, fakeOpts{}, fakeOpts{})
 	must(t, a.fwd.AddOverlay(pfx("10.96.0.0/16"), pfx("10.96.8.0/24")))

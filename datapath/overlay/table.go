@@ -91,6 +91,11 @@ func buildTable(overlays map[netip.Prefix]netip.Prefix, peers map[netip.Prefix]*
 		if p.overlay >= 0 && !t.overlays[p.overlay].inOverlay(net|^maskOf(p.subnet.Bits())) {
 			p.overlay = -1 // the peer's subnet is larger than the overlay: unusable
 		}
+		for _, o := range t.overlays {
+			if o.local.Overlaps(p.subnet) {
+				p.overlay = -1 // this host's own lease is never a peer's
+			}
+		}
 		t.peers[prefixKey(net, p.subnet.Bits())] = &p
 		t.senders[p.ip]++
 		if !seen[p.subnet.Bits()] {
