@@ -7,8 +7,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=lib.sh
 . "$ROOT/scripts/lib.sh"
-[ -x "$ROOT/bin/twilld" ] || die "bin/twilld is missing: run make build first"
-export TWILLD_BIN=$ROOT/bin/twilld TWILLCTL_BIN=$ROOT/bin/twillctl
+export TWILLD_BIN=${TWILLD_BIN:-$ROOT/bin/twilld} TWILLCTL_BIN=${TWILLCTL_BIN:-$ROOT/bin/twillctl}
+[ -x "$TWILLD_BIN" ] || die "$TWILLD_BIN is missing: run make build first"
 D=$(docker_bin)
 if ! $D version >/dev/null 2>&1; then
 	"$ROOT/plugin/build.sh" --bundle-only >/dev/null
