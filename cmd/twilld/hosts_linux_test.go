@@ -307,3 +307,42 @@ func TestHostileTunnelTraffic(t *testing.T) {
 	t.Logf("drops after hostile traffic: %v", after)
 	mustPing(t, h2.ns, c1.Addr.Addr())
 }
+
+// TestSingleHostEmbeddedEtcd: with no ETCD_ENDPOINTS one host works with
+// zero configuration, and keeps its subnet and containers across a restart.
+func TestSingleHostEmbeddedEtcd(t *testing.T) {
+	testbed.RequireRoot(t)
+	bed := testbed.New(t, "twk9", netip.MustParsePrefix("10.199.0.0/24"))
+	ns := bed.AddHost("h1", 1, 0)
+	testbed.MustIn(t, ns, "ip", "route", "add", "default", "via", "10.199.0.254") // the underlay by its default route
+	dir := t.TempDir()
+	h := &host{n: 1, ns: ns, dir: dir, docker: testbed.NewDocker(filepath.Join(dir, "twill.sock")), ctl: control.NewClient(filepath.Join(dir, "ctl.sock"))}
+	h.docker.HostNS = ns
+	c := &cluster{t: t, bed: bed, dir: dir, hosts: map[int]*host{1: h}}
+	args := []string{"--state-dir", dir, "--plugin-dir", dir, "--control-socket", filepath.Join(dir, "ctl.sock"), "--subnet-env", "", "--metrics-addr", ""}
+	startIt := func() {
+		h.proc = testbed.Start(t, ns, filepath.Join(dir, "twilld.log"), []string{"TWILL_TEST_ROLE=twilld"}, os.Args[0], args...)
+		c.waitReady(h)
+	}
+	startIt()
+	s := c.status(h)
+	if !strings.Contains(s.Etcd, "embedded") || !strings.HasPrefix(s.Etcd, "http://127.0.0.1:") || s.Underlay != "ul0" || s.PublicIP != "10.199.0.1" {
+		t.Errorf("status: %+v", s)
+	}
+	h.net = h.docker.CreateNetwork(t, testbed.ID("solo"), "", nil) // no --subnet: the default overlay
+	if !netip.MustParsePrefix("10.96.0.0/16").Contains(h.net.Pool.Addr()) || h.net.Pool.Bits() != 24 {
+		t.Fatalf("pool %s, want a /24 of 10.96.0.0/16", h.net.Pool)
+	}
+	a, b := c.container(h, "s1"), c.container(h, "s2")
+	mustPing(t, a.NS, b.Addr.Addr())
+	h.proc.Signal(syscall.SIGTERM)
+	startIt()
+	if again := c.status(h).Overlays[0].Subnet; again != s.Overlays[0].Subnet {
+		t.Errorf("subnet %s after restart, was %s", again, s.Overlays[0].Subnet)
+	}
+	mustPing(t, a.NS, b.Addr.Addr())
+	cc := c.container(h, "s3")
+	if cc.Addr == a.Addr || cc.Addr == b.Addr {
+		t.Errorf("address %s handed out twice after restart", cc.Addr)
+	}
+}

@@ -62,8 +62,8 @@ func fatal(err error) bool {
 }
 
 // startHost brings the host up in dependency order. Errors say what to set.
-func startHost(ctx context.Context, cfg config, log *slog.Logger, srv *plugin.Server, m *metrics.Metrics) (n *node, err error) {
-	n = &node{cfg: cfg, log: log, metrics: m, started: time.Now()}
+func startHost(ctx context.Context, cfg config, log *slog.Logger, srv *plugin.Server, m *metrics.Metrics) (_ *node, err error) {
+	n := &node{cfg: cfg, log: log, metrics: m, started: time.Now()}
 	defer func() {
 		if err != nil {
 			n.close()
@@ -94,7 +94,7 @@ func startHost(ctx context.Context, cfg config, log *slog.Logger, srv *plugin.Se
 	if len(endpoints) == 0 {
 		err = retry(ctx, log, srv, "starting the embedded etcd", func(error) bool { return false }, func() error {
 			var err error
-			n.etcd, err = etcdserver.Start(ctx, filepath.Join(cfg.StateDir, "etcd"), log)
+			n.etcd, err = etcdserver.Start(ctx, cfg.StateDir, log)
 			return err
 		})
 		if err != nil {
