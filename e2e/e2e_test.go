@@ -152,6 +152,17 @@ func pings(t *testing.T, c ctr, targets []netip.Addr) []netip.Addr {
 	return failed
 }
 
+// reaches reports whether c gets any reply from dst (2 pings, 1 s each): for
+// the checks that expect silence, where every try costs its full timeout.
+func reaches(t *testing.T, c ctr, dst netip.Addr) bool {
+	t.Helper()
+	out, err := c.h.docker("exec", c.name, "sh", "-c", "ping -c 2 -W 1 "+dst.String()+" >/dev/null 2>&1 && echo yes || echo no")
+	if err != nil {
+		t.Fatalf("ping from %s: %v", c, err)
+	}
+	return out == "yes"
+}
+
 func (s *scenario) pingMatrix(t *testing.T) {
 	var all []netip.Addr
 	for _, c := range s.cs {

@@ -39,7 +39,7 @@ func (s *scenario) isolation(t *testing.T) {
 		{blue["h1-a"], red[1]}, {blue["h3-a"], red[0]},
 	}
 	for _, c := range cases {
-		if failed := pings(t, c.src, []netip.Addr{c.dst.ip}); len(failed) == 0 {
+		if reaches(t, c.src, c.dst.ip) {
 			t.Errorf("%s reached %s: the overlays %s and %s must be isolated", c.src, c.dst, overlay2, overlay)
 		}
 	}
