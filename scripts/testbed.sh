@@ -44,7 +44,14 @@ D=$(docker_bin 2>/dev/null || echo docker)
 host_ns() { echo "twe-h$1"; }
 sock() { echo "unix:///run/twe-h$1.sock"; }
 dk() { local n=$1; shift; "$D" -H "$(sock "$n")" "$@"; }
-alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
+# alive PID: running and not a zombie (our daemons' parent is gone once `up`
+# returns; a dead one stays a zombie until init reaps it, which can take a while)
+alive() {
+	[ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null || return 1
+	local st
+	st=$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -c1)
+	[ -n "$st" ] && [ "$st" != Z ]
+}
 pidof_file() { [ -s "$1" ] && cat "$1" || true; }
 
 # cgroup_mounts prints the commands that re-create the root namespace's cgroup
