@@ -212,9 +212,10 @@ func (s *scenario) hostsReach(t *testing.T) {
 			if c.h == h {
 				continue
 			}
-			if out, err := h.sh(10*time.Second, "busybox", "ping", "-c", "1", "-W", "3", c.ip.String()); err != nil {
-				t.Errorf("host %s cannot reach %s: %v %s", h, c, err, out)
-			}
+			eventually(t, 10*time.Second, fmt.Sprintf("host %s reaches %s", h, c), func() error {
+				_, err := h.sh(10*time.Second, "busybox", "ping", "-c", "1", "-W", "2", c.ip.String())
+				return err
+			})
 		}
 	}
 }
