@@ -249,3 +249,57 @@ func TestDuplicatePublicIPRefused(t *testing.T) {
 	}
 	_ = syscall.SIGTERM
 }
+
+func TestEtcdClusterLosesMembers(t *testing.T) {
+	c, members := newEtcdCluster(t, "twka")
+	h1, h2 := c.start(1), c.start(2)
+	h1.net = h1.docker.CreateNetwork(t, testbed.ID("ec-h1"), "10.96.0.0/16", nil)
+	h2.net = h2.docker.CreateNetwork(t, testbed.ID("ec-h2"), "10.96.0.0/16", nil)
+	c1, c2 := c.container(h1, "c1"), c.container(h2, "c2")
+	mustPing(t, c1.NS, c2.Addr.Addr())
+	sub1 := c.status(h1).Overlays[0].Subnet
+
+	// One member down: nothing changes for twill, a new host still joins.
+	members[0].Proc.Kill()
+	p := startPinger(c1.NS, c2.Addr.Addr())
+	h3 := c.start(3)
+	h3.net = h3.docker.CreateNetwork(t, testbed.ID("ec-h3"), "10.96.0.0/16", nil)
+	c3 := c.container(h3, "c3")
+	mustPing(t, c1.NS, c3.Addr.Addr())
+	mustPing(t, c3.NS, c2.Addr.Addr())
+	if s := c.status(h1); !s.EtcdHealthy {
+		t.Errorf("with one of three members down, h1 says etcd is unhealthy: %s", s.EtcdError)
+	}
+
+	// Quorum lost: traffic goes on, containers still start on leased hosts.
+	members[1].Proc.Kill()
+	c4 := c.container(h2, "c4")
+	mustPing(t, c1.NS, c4.Addr.Addr())
+	time.Sleep(5 * time.Second)
+	if s := c.status(h1); s.EtcdHealthy {
+		t.Errorf("h1 says etcd is healthy with quorum lost")
+	}
+	gap := p.Stop()
+	if p.fail.Load() > 0 {
+		t.Errorf("%d pings failed while members were down (longest gap %v)", p.fail.Load(), gap)
+	}
+
+	// Members return: healthy again, nobody's subnet moved.
+	members[0].Start(t)
+	members[1].Start(t)
+	err := testbed.WaitFor(context.Background(), 30*time.Second, func() error {
+		for _, h := range []*host{h1, h2, h3} {
+			if s := c.status(h); !s.EtcdHealthy {
+				return fmt.Errorf("h%d: %s", h.n, s.EtcdError)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if now := c.status(h1).Overlays[0].Subnet; now != sub1 {
+		t.Errorf("h1's subnet moved from %s to %s", sub1, now)
+	}
+	mustPing(t, c3.NS, c1.Addr.Addr())
+}

@@ -39,6 +39,15 @@ type host struct {
 	net    testbed.Network
 }
 
+// newEtcdCluster is newCluster with a three-member etcd cluster (one member
+// per namespace, at underlay addresses .241-.243) instead of one server.
+func newEtcdCluster(t *testing.T, prefix string) (*cluster, []*testbed.EtcdMember) {
+	testbed.RequireRoot(t)
+	bed := testbed.New(t, prefix, netip.MustParsePrefix("10.199.0.0/24"))
+	ms, urls := bed.StartEtcdCluster(t, []int{241, 242, 243})
+	return &cluster{t: t, bed: bed, etcd: urls, prefix: "/twtest/" + prefix, dir: t.TempDir(), hosts: map[int]*host{}}, ms
+}
+
 func newCluster(t *testing.T, prefix string) *cluster {
 	testbed.RequireRoot(t)
 	bed := testbed.New(t, prefix, netip.MustParsePrefix("10.199.0.0/24"))

@@ -277,3 +277,57 @@ func FreePort(t testing.TB) int {
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
 }
+
+// EtcdMember is one member of a test etcd cluster, restartable on its data.
+type EtcdMember struct {
+	Name, NS, URL string
+	Proc          *Proc
+	args          []string
+	dir           string
+}
+
+// StartEtcdCluster runs one etcd member per address, each in its own
+// namespace (made with b.AddHost as "e1", "e2", ... at host numbers nums),
+// and waits until the cluster answers. It returns the members and the
+// comma-separated client URLs.
+func (b *Bed) StartEtcdCluster(t testing.TB, nums []int) ([]*EtcdMember, string) {
+	t.Helper()
+	bin, err := exec.LookPath("etcd")
+	if err != nil {
+		t.Skip("needs Debian's etcd-server (etcd binary)")
+	}
+	var initial, urls []string
+	ms := make([]*EtcdMember, len(nums))
+	for i, n := range nums {
+		a := b.Addr(n)
+		ms[i] = &EtcdMember{Name: fmt.Sprintf("e%d", i+1), URL: fmt.Sprintf("http://%s:2379", a)}
+		initial = append(initial, fmt.Sprintf("%s=http://%s:2380", ms[i].Name, a))
+		urls = append(urls, ms[i].URL)
+	}
+	for i, n := range nums {
+		m := ms[i]
+		m.NS = b.AddHost(m.Name, n, 0)
+		m.dir = filepath.Join(t.TempDir(), m.Name)
+		os.MkdirAll(m.dir, 0o700)
+		peer := fmt.Sprintf("http://%s:2380", b.Addr(n))
+		m.args = []string{bin, "--name", m.Name, "--data-dir", filepath.Join(m.dir, "data"),
+			"--listen-client-urls", m.URL, "--advertise-client-urls", m.URL,
+			"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+			"--initial-cluster", strings.Join(initial, ","), "--initial-cluster-state", "new", "--log-level", "warn"}
+		m.Start(t)
+	}
+	all := strings.Join(urls, ",")
+	err = WaitFor(context.Background(), 30*time.Second, func() error {
+		_, err := In(ms[0].NS, "etcdctl", "--endpoints", all, "--dial-timeout", "1s", "endpoint", "health", "--cluster")
+		return err
+	})
+	if err != nil {
+		t.Fatalf("etcd cluster not healthy: %v", err)
+	}
+	return ms, all
+}
+
+// Start (re)starts the member on its data directory.
+func (m *EtcdMember) Start(t testing.TB) {
+	m.Proc = Start(t, m.NS, filepath.Join(m.dir, "etcd.log"), []string{"ETCD_UNSUPPORTED_ARCH="}, m.args[0], m.args[1:]...)
+}
