@@ -114,6 +114,11 @@ func (d *Driver) parseNetwork(req *netapi.CreateNetworkRequest) (*network, error
 		return nil, fmt.Errorf("twill networks need --ipam-driver %s: %w (network %s got AddressSpace %q, pool %s from Docker's default IPAM): %s",
 			d.cfg.PluginName, ErrNotTwillIPAM, id, data.AddressSpace, data.Pool, useTwill)
 	}
+	if len(data.AuxAddresses) > 0 {
+		// Addresses no container holds would look like the leftovers of a
+		// crash to the orphan sweep, which gives those back.
+		return nil, fmt.Errorf("network %s: twill does not support --aux-address: %w: run a container with --ip for an address that must stay put", id, ErrBadRequest)
+	}
 	pool, err := netip.ParsePrefix(data.Pool)
 	if err != nil {
 		return nil, fmt.Errorf("network %s: pool %q: %w", id, data.Pool, ErrBadRequest)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"time"
 
 	ipamapi "github.com/docker/go-plugins-helpers/ipam"
 
@@ -38,11 +39,12 @@ func (p *IPAM) RequestAddress(ctx context.Context, req *ipamapi.RequestAddressRe
 		p.mu.Unlock()
 		return nil, err
 	}
-	s.used[addr] = struct{}{}
+	now := time.Now()
+	s.used[addr] = now
 	if gateway {
 		s.gateway = addr
 	}
-	pending := p.store.Submit(addressPut(addr, s, gateway))
+	pending := p.store.Submit(addressPut(addr, s, gateway, now))
 	p.mu.Unlock()
 
 	if err := pending.Wait(); err != nil {

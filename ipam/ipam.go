@@ -21,6 +21,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"sync"
+	"time"
 
 	ipamapi "github.com/docker/go-plugins-helpers/ipam"
 
@@ -115,9 +116,9 @@ type pool struct {
 type subnet struct {
 	overlay netip.Prefix
 	prefix  netip.Prefix
-	gateway netip.Addr // invalid until a network took its gateway
-	used    map[netip.Addr]struct{}
-	next    netip.Addr // next-fit cursor, so a released address is not reused at once
+	gateway netip.Addr               // invalid until a network took its gateway
+	used    map[netip.Addr]time.Time // address -> when it was handed out
+	next    netip.Addr               // next-fit cursor, so a released address is not reused at once
 }
 
 // IPAM answers Docker's IpamDriver calls. It is safe for concurrent use.
@@ -164,6 +165,7 @@ type Allocation struct {
 	Subnet  netip.Prefix
 	Overlay netip.Prefix
 	Gateway bool
+	Since   time.Time // when it was handed out (zero for allocations made before twill recorded it)
 }
 
 // Allocations lists every held address.
@@ -172,8 +174,8 @@ func (p *IPAM) Allocations() []Allocation {
 	defer p.mu.Unlock()
 	var out []Allocation
 	for _, s := range p.subnets {
-		for a := range s.used {
-			out = append(out, Allocation{Addr: a, Subnet: s.prefix, Overlay: s.overlay, Gateway: a == s.gateway})
+		for a, since := range s.used {
+			out = append(out, Allocation{Addr: a, Subnet: s.prefix, Overlay: s.overlay, Gateway: a == s.gateway, Since: since})
 		}
 	}
 	return out

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"time"
 
 	"github.com/twill-net/twill/internal/store"
 )
@@ -19,6 +20,7 @@ const (
 type addressRecord struct {
 	Subnet  netip.Prefix `json:"Subnet"`
 	Gateway bool         `json:"Gateway,omitempty"`
+	Since   time.Time    `json:"Since,omitzero"`
 }
 
 func poolOp(pl *pool) store.Op {
@@ -29,8 +31,8 @@ func poolOp(pl *pool) store.Op {
 	return store.Op{Bucket: poolBucket, Key: pl.ID, Value: v}
 }
 
-func addressPut(a netip.Addr, s *subnet, gateway bool) store.Op {
-	v, _ := json.Marshal(addressRecord{Subnet: s.prefix, Gateway: gateway})
+func addressPut(a netip.Addr, s *subnet, gateway bool, since time.Time) store.Op {
+	v, _ := json.Marshal(addressRecord{Subnet: s.prefix, Gateway: gateway, Since: since})
 	return store.Op{Bucket: addressBucket, Key: a.String(), Value: v}
 }
 
@@ -71,7 +73,7 @@ func (p *IPAM) load() error {
 			p.log.Warn("dropping persisted address of a subnet without a pool", "address", a, "subnet", r.Subnet)
 			return nil
 		}
-		s.used[a] = struct{}{}
+		s.used[a] = r.Since
 		if r.Gateway {
 			s.gateway = a
 		}
@@ -90,7 +92,7 @@ func (p *IPAM) subnetFor(overlay, prefix netip.Prefix) *subnet {
 	if s, ok := p.subnets[prefix]; ok {
 		return s
 	}
-	s := &subnet{overlay: overlay, prefix: prefix, used: map[netip.Addr]struct{}{}}
+	s := &subnet{overlay: overlay, prefix: prefix, used: map[netip.Addr]time.Time{}}
 	p.subnets[prefix] = s
 	return s
 }

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // config is twilld's settings, parsed and validated once. Every setting is an
@@ -34,7 +35,8 @@ type config struct {
 	ControlSocket string
 	MetricsAddr   string
 	PluginDir     string
-	PluginName    string // how users name twill in -d and --ipam-driver
+	PluginName    string        // how users name twill in -d and --ipam-driver
+	OrphanAge     time.Duration // an unused allocation older than this is given back
 	LogLevel      slog.Level
 	LogFormat     string
 }
@@ -61,6 +63,7 @@ var settings = []setting{
 	{"TWILL_SUBNET_ENV", "subnet-env", "/run/flannel/subnet.env", "where to write flannel's subnet.env; empty = do not write"},
 	{"TWILL_CONTROL_SOCKET", "control-socket", "", "twillctl's socket; empty = <state-dir>/twill-ctl.sock"},
 	{"TWILL_METRICS_ADDR", "metrics-addr", "127.0.0.1:9586", "Prometheus /metrics listen address; empty = off"},
+	{"TWILL_ORPHAN_AGE", "orphan-age", "2m", "an address handed out this long ago that no container uses is given back (a crash lost its answer)"},
 	{"TWILL_LOG_LEVEL", "log-level", "info", "debug, info, warn or error"},
 	{"TWILL_LOG_FORMAT", "log-format", "auto", "text, json, or auto (text on a terminal, JSON otherwise)"},
 	{"", "plugin-dir", "/run/docker/plugins", "where twill.sock is created"},
@@ -200,6 +203,11 @@ func parseConfig(args []string, env func(string) (string, bool), usage io.Writer
 		if os.Getpid() == 1 { // a managed plugin runs in its own PID namespace
 			c.PluginName = "twill:latest"
 		}
+	}
+	if d, err := time.ParseDuration(get["orphan-age"]); err != nil || d < time.Second {
+		bad("orphan-age", "want a duration of at least 1s, e.g. 2m")
+	} else {
+		c.OrphanAge = d
 	}
 	if err := c.LogLevel.UnmarshalText([]byte(get["log-level"])); err != nil {
 		bad("log-level", "want debug, info, warn or error")

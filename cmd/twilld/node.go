@@ -241,6 +241,8 @@ func (n *node) serve(ctx context.Context) error {
 		cancel()
 	}()
 	go func() { defer wg.Done(); n.follow(ctx) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); n.sweepLoop(ctx) }()
 
 	ln, err := control.Listen(n.cfg.ControlSocket)
 	if err != nil {

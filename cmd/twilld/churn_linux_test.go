@@ -1,0 +1,255 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/twill-net/twill/internal/testbed"
+)
+
+// dockerCall is a plugin call as dockerd makes it: a call that cannot reach
+// the plugin (being restarted) is retried for about 15 s; an answer with an
+// error is final.
+func dockerCall(d *testbed.Docker, method string, req, resp any) error {
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		err := d.Call(method, req, resp)
+		if err == nil {
+			return nil
+		}
+		transient := strings.Contains(err.Error(), "connect:") || strings.Contains(err.Error(), "EOF") ||
+			strings.Contains(err.Error(), "connection reset") || strings.Contains(err.Error(), "twill is starting")
+		if !transient || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+type churnCtr struct {
+	host     *host
+	ns, ep   string
+	addr     netip.Prefix
+	releaseA bool // the address was answered
+}
+
+// churnRun starts a container the way dockerd does, undoing what it did
+// when a step fails, as dockerd does.
+func churnRun(c *cluster, h *host, name string) (*churnCtr, error) {
+	ct := &churnCtr{host: h, ns: c.bed.AddNS(name), ep: testbed.ID(name)}
+	fail := func(err error) (*churnCtr, error) { churnStop(c, ct); return nil, err }
+	var addr struct{ Address string }
+	if err := dockerCall(h.docker, "IpamDriver.RequestAddress", map[string]any{"PoolID": h.net.PoolID, "Address": "", "Options": nil}, &addr); err != nil {
+		return fail(err)
+	}
+	ct.addr, ct.releaseA = netip.MustParsePrefix(addr.Address), true
+	var ep struct{ Interface struct{ MacAddress string } }
+	if err := dockerCall(h.docker, "NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": h.net.ID, "EndpointID": ct.ep,
+		"Interface": map[string]any{"Address": addr.Address}, "Options": map[string]any{}}, &ep); err != nil {
+		return fail(err)
+	}
+	var join struct {
+		InterfaceName struct{ SrcName string }
+		Gateway       string
+		StaticRoutes  []struct{ Destination, NextHop string }
+	}
+	if err := dockerCall(h.docker, "NetworkDriver.Join", map[string]any{"NetworkID": h.net.ID, "EndpointID": ct.ep, "SandboxKey": "/x", "Options": map[string]any{}}, &join); err != nil {
+		return fail(err)
+	}
+	src := join.InterfaceName.SrcName
+	steps := [][]string{
+		{"ip", "-n", h.ns, "link", "set", src, "netns", ct.ns},
+		{"ip", "-n", ct.ns, "link", "set", src, "name", "eth0"},
+		{"ip", "-n", ct.ns, "link", "set", "eth0", "address", ep.Interface.MacAddress},
+		{"ip", "-n", ct.ns, "addr", "add", addr.Address, "dev", "eth0"},
+		{"ip", "-n", ct.ns, "link", "set", "eth0", "up"},
+		{"ip", "-n", ct.ns, "route", "add", "default", "via", join.Gateway},
+	}
+	for _, r := range join.StaticRoutes {
+		steps = append(steps, []string{"ip", "-n", ct.ns, "route", "add", r.Destination, "via", r.NextHop})
+	}
+	for _, s := range steps {
+		if _, err := testbed.In(h.ns, s[0], s[1:]...); err != nil {
+			return fail(err)
+		}
+	}
+	if err := dockerCall(h.docker, "NetworkDriver.ProgramExternalConnectivity", map[string]any{"NetworkID": h.net.ID, "EndpointID": ct.ep, "Options": map[string]any{}}, nil); err != nil {
+		return fail(err)
+	}
+	return ct, nil
+}
+
+// churnStop removes a container the way dockerd does on `docker rm -f`.
+func churnStop(c *cluster, ct *churnCtr) error {
+	h := ct.host
+	testbed.In(ct.ns, "ip", "link", "del", "eth0")
+	var errs []error
+	for _, s := range []struct {
+		m   string
+		req map[string]any
+	}{
+		{"NetworkDriver.RevokeExternalConnectivity", map[string]any{"NetworkID": h.net.ID, "EndpointID": ct.ep}},
+		{"NetworkDriver.Leave", map[string]any{"NetworkID": h.net.ID, "EndpointID": ct.ep}},
+		{"NetworkDriver.DeleteEndpoint", map[string]any{"NetworkID": h.net.ID, "EndpointID": ct.ep}},
+	} {
+		if err := dockerCall(h.docker, s.m, s.req, nil); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if ct.releaseA {
+		if err := dockerCall(h.docker, "IpamDriver.ReleaseAddress", map[string]any{"PoolID": h.net.PoolID, "Address": ct.addr.Addr().String()}, nil); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	testbed.Must(c.t, "ip", "netns", "del", ct.ns)
+	return errors.Join(errs...)
+}
+
+func TestChurnWithKills(t *testing.T) {
+	total, kills := 500, 20
+	if v, err := strconv.Atoi(os.Getenv("TWILL_CHURN")); err == nil {
+		total = v
+	}
+	const keepEvery = 10 // every 10th container stays running
+	c := newCluster(t, "twkb")
+	opts := []string{"--orphan-age", "4s", "--metrics-addr", "127.0.0.1:9586"}
+	for n := 1; n <= 3; n++ {
+		h := c.start(n, opts...)
+		h.net = h.docker.CreateNetwork(t, testbed.ID(fmt.Sprintf("churn-h%d", n)), "10.96.0.0/16", nil)
+	}
+
+	var mu sync.Mutex
+	var running []*churnCtr
+	var started, failed atomic.Int64
+	var next atomic.Int64
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := 0; w < 6; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= total {
+					return
+				}
+				h := c.hosts[i%3+1]
+				ct, err := churnRun(c, h, fmt.Sprintf("k%d", i))
+				if err != nil {
+					failed.Add(1)
+					continue
+				}
+				started.Add(1)
+				if i%keepEvery == 0 {
+					mu.Lock()
+					running = append(running, ct)
+					mu.Unlock()
+					continue
+				}
+				if err := churnStop(c, ct); err != nil {
+					t.Logf("stop %d: %v", i, err)
+				}
+			}
+		}()
+	}
+	// The killer: SIGKILL a random host's twilld at random moments and
+	// restart it 200 ms later, as Docker restarts a managed plugin.
+	var killed int
+	go func() {
+		defer close(done)
+		for killed < kills {
+			time.Sleep(time.Duration(200+rand.IntN(600)) * time.Millisecond)
+			if next.Load() >= int64(total) {
+				return
+			}
+			h := c.hosts[rand.IntN(3)+1]
+			h.proc.Kill()
+			killed++
+			time.Sleep(200 * time.Millisecond)
+			c.launch(h.n, opts...)
+		}
+	}()
+	wg.Wait()
+	<-done
+	for n := 1; n <= 3; n++ {
+		c.waitReady(c.hosts[n])
+	}
+	t.Logf("%d container starts, %d refused or failed while twilld was down, %d SIGKILLs, %d left running", started.Load(), failed.Load(), killed, len(running))
+	if killed < kills {
+		t.Errorf("only %d kills happened during the churn, want %d", killed, kills)
+	}
+
+	// No address is held twice.
+	seen := map[netip.Addr]string{}
+	for _, ct := range running {
+		if other, dup := seen[ct.addr.Addr()]; dup {
+			t.Errorf("address %s held by %s and %s", ct.addr, other, ct.ns)
+		}
+		seen[ct.addr.Addr()] = ct.ns
+	}
+	// After the orphan sweep, each host holds exactly its running containers'
+	// addresses plus its gateway; its endpoints and veths are exactly theirs.
+	time.Sleep(6 * time.Second)
+	for n := 1; n <= 3; n++ {
+		h := c.hosts[n]
+		var mine int
+		for _, ct := range running {
+			if ct.host == h {
+				mine++
+			}
+		}
+		if got := scrape(t, h, "twill_ipam_allocations", nil); int(got) != mine+1 {
+			t.Errorf("h%d holds %v addresses, want %d containers + 1 gateway", n, got, mine)
+		}
+		var endpoints []map[string]any
+		if err := h.ctl.Get(context.Background(), "endpoints", &endpoints); err != nil || len(endpoints) != mine {
+			t.Errorf("h%d has %d endpoints (%v), want %d", n, len(endpoints), err, mine)
+		}
+		links := testbed.MustIn(t, h.ns, "ip", "-o", "link", "show")
+		if v := strings.Count(links, ": twv"); v != mine {
+			t.Errorf("h%d has %d veths, want %d", n, v, mine)
+		}
+		if b := strings.Count(links, ": tw-"); b != 1 {
+			t.Errorf("h%d has %d twill bridges, want 1", n, b)
+		}
+		rules := testbed.MustIn(t, h.ns, "iptables-save")
+		for _, line := range strings.Split(rules, "\n") {
+			if strings.Contains(line, "tw-") && !strings.Contains(line, "tw-+") && !strings.Contains(line, h.net.ID[:8]) {
+				t.Errorf("h%d: iptables rule for a bridge nobody owns: %s", n, line)
+			}
+		}
+	}
+	// Every running container reaches every other.
+	var pingFails atomic.Int64
+	var pw sync.WaitGroup
+	sem := make(chan struct{}, 6)
+	for _, a := range running {
+		for _, b := range running {
+			if a == b {
+				continue
+			}
+			pw.Add(1)
+			sem <- struct{}{}
+			go func(a, b *churnCtr) {
+				defer pw.Done()
+				defer func() { <-sem }()
+				if testbed.WaitFor(context.Background(), 3*time.Second, func() error { return ping(a.ns, b.addr.Addr()) }) != nil {
+					pingFails.Add(1)
+					t.Errorf("%s cannot reach %s (%s)", a.ns, b.ns, b.addr)
+				}
+			}(a, b)
+		}
+	}
+	pw.Wait()
+	t.Logf("%d running containers, %d pairs pinged, %d failed", len(running), len(running)*(len(running)-1), pingFails.Load())
+}
