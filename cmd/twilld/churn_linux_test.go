@@ -253,3 +253,37 @@ func TestChurnWithKills(t *testing.T) {
 	pw.Wait()
 	t.Logf("%d running containers, %d pairs pinged, %d failed", len(running), len(running)*(len(running)-1), pingFails.Load())
 }
+
+// TestOrphanedAddressIsGivenBack: an address answered to a Docker that never
+// learnt it (no CreateEndpoint follows) is given back after TWILL_ORPHAN_AGE;
+// one that a container uses, and the gateway, are kept.
+func TestOrphanedAddressIsGivenBack(t *testing.T) {
+	c := newCluster(t, "twkc")
+	h := c.start(1, "--orphan-age", "2s", "--metrics-addr", "127.0.0.1:9586")
+	h.net = h.docker.CreateNetwork(t, testbed.ID("orphan"), "10.96.0.0/16", nil)
+	ct := c.container(h, "o1")
+	var lost struct{ Address string }
+	if err := h.docker.Call("IpamDriver.RequestAddress", map[string]any{"PoolID": h.net.PoolID, "Address": "", "Options": nil}, &lost); err != nil {
+		t.Fatal(err)
+	}
+	if got := scrape(t, h, "twill_ipam_allocations", nil); got != 3 {
+		t.Fatalf("%v addresses held, want gateway + container + the lost one", got)
+	}
+	err := testbed.WaitFor(context.Background(), 8*time.Second, func() error {
+		if got := scrape(t, h, "twill_ipam_allocations", nil); got != 2 {
+			return fmt.Errorf("%v addresses held", got)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("orphan %s not given back: %v", lost.Address, err)
+	}
+	// The container's address is still held; the orphan can be asked for again.
+	if err := h.docker.Call("IpamDriver.RequestAddress", map[string]any{"PoolID": h.net.PoolID, "Address": ct.Addr.Addr().String(), "Options": nil}, nil); err == nil {
+		t.Errorf("the running container's address %s was given back", ct.Addr)
+	}
+	want := netip.MustParsePrefix(lost.Address).Addr().String()
+	if err := h.docker.Call("IpamDriver.RequestAddress", map[string]any{"PoolID": h.net.PoolID, "Address": want, "Options": nil}, nil); err != nil {
+		t.Errorf("the orphan %s is still held: %v", want, err)
+	}
+}
