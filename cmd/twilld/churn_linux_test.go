@@ -287,3 +287,37 @@ func TestOrphanedAddressIsGivenBack(t *testing.T) {
 		t.Errorf("the orphan %s is still held: %v", want, err)
 	}
 }
+
+// TestVanishedContainerIsCleanedUp: a container that goes away while twill
+// cannot hear about it (Docker's Leave, DeleteEndpoint and ReleaseAddress
+// are lost) leaves no endpoint and no address behind.
+func TestVanishedContainerIsCleanedUp(t *testing.T) {
+	c := newCluster(t, "twkd")
+	h := c.start(1, "--orphan-age", "2s", "--metrics-addr", "127.0.0.1:9586")
+	h.net = h.docker.CreateNetwork(t, testbed.ID("vanish"), "10.96.0.0/16", nil)
+	keep := c.container(h, "v1")
+	gone := c.container(h, "v2")
+	testbed.Must(t, "ip", "netns", "del", gone.NS) // the container dies; the kernel deletes its veth pair
+	err := testbed.WaitFor(context.Background(), 10*time.Second, func() error {
+		var eps []map[string]any
+		if err := h.ctl.Get(context.Background(), "endpoints", &eps); err != nil {
+			return err
+		}
+		if len(eps) != 1 {
+			return fmt.Errorf("%d endpoints", len(eps))
+		}
+		if got := scrape(t, h, "twill_ipam_allocations", nil); got != 2 {
+			return fmt.Errorf("%v addresses held", got)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("the vanished container's endpoint and address stayed: %v", err)
+	}
+	if err := h.docker.Call("IpamDriver.RequestAddress", map[string]any{"PoolID": h.net.PoolID, "Address": gone.Addr.Addr().String(), "Options": nil}, nil); err != nil {
+		t.Errorf("the vanished container's address %s is still held: %v", gone.Addr, err)
+	}
+	if err := h.docker.Call("IpamDriver.RequestAddress", map[string]any{"PoolID": h.net.PoolID, "Address": keep.Addr.Addr().String(), "Options": nil}, nil); err == nil {
+		t.Errorf("the live container's address %s was given back", keep.Addr)
+	}
+}

@@ -42,6 +42,7 @@ type node struct {
 	cli    *clientv3.Client
 	leases *subnet.Manager
 	fwd    *overlay.Forwarder
+	links  *links.Links
 	fw     *firewall.Firewall
 	drv    *driver.Driver
 	ipam   *ipam.IPAM
@@ -141,8 +142,7 @@ func startHost(ctx context.Context, cfg config, log *slog.Logger, srv *plugin.Se
 		}
 	}
 
-	lk, err := links.New(log)
-	if err != nil {
+	if n.links, err = links.New(log); err != nil {
 		return nil, err
 	}
 	if n.fw, err = firewall.New(ctx, firewall.Options{Log: log}); err != nil {
@@ -151,7 +151,7 @@ func startHost(ctx context.Context, cfg config, log *slog.Logger, srv *plugin.Se
 	if n.ipam, err = ipam.New(log, overlays{n}, n.db); err != nil {
 		return nil, err
 	}
-	if n.drv, err = driver.New(log, lk, n.fw, n.ipam, n.db, driver.Config{MTU: n.mtu, PluginName: cfg.PluginName}); err != nil {
+	if n.drv, err = driver.New(log, n.links, n.fw, n.ipam, n.db, driver.Config{MTU: n.mtu, PluginName: cfg.PluginName}); err != nil {
 		return nil, err
 	}
 	// Reconcile goes on past a failing network and reports them all; one bad
@@ -291,6 +291,9 @@ func (n *node) closeAll() {
 	}
 	if n.etcd != nil {
 		n.etcd.Close()
+	}
+	if n.links != nil {
+		n.links.Close()
 	}
 	if n.db != nil {
 		n.db.Close()
