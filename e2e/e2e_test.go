@@ -3,6 +3,8 @@ package e2e
 import (
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -35,6 +37,7 @@ func TestTwill(t *testing.T) {
 	}{
 		{"NetworkCreate", (*scenario).networkCreate, true},
 		{"Containers", (*scenario).containers, true},
+		{"HostView", (*scenario).hostView, false},
 		{"PingMatrix", (*scenario).pingMatrix, false},
 		{"HostsReachRemoteContainers", (*scenario).hostsReach, false},
 		{"Bulk50MB", (*scenario).bulk, false},
@@ -127,6 +130,35 @@ func (s *scenario) containers(t *testing.T) {
 		key := "/coreos.com/network/subnets/" + strings.Replace(sub.String(), "/", "-", 1)
 		if !strings.Contains(keys, key) {
 			t.Errorf("h%d's subnet %s has no etcd lease %s; keys:\n%s", n, sub, key, keys)
+		}
+	}
+}
+
+// hostView: every host holds its lease as flanneld does: twill0 with the
+// subnet's first address as /32, the overlay routed to twill0, subnet.env.
+func (s *scenario) hostView(t *testing.T) {
+	for _, h := range hosts() {
+		sub := s.subnets[h.n]
+		addr, err := h.sh(10*time.Second, "ip", "-4", "-o", "addr", "show", "dev", "twill0")
+		if err != nil {
+			t.Errorf("%s: %v", h, err)
+			continue
+		}
+		if want := " " + sub.Addr().String() + "/32 "; !strings.Contains(addr, want) {
+			t.Errorf("%s: twill0 does not hold%s: %s", h, want, addr)
+		}
+		routes, _ := h.sh(10*time.Second, "ip", "-4", "route", "show", overlay)
+		if !strings.Contains(routes, "dev twill0") {
+			t.Errorf("%s: no route %s dev twill0: %q", h, overlay, routes)
+		}
+		env, err := os.ReadFile(filepath.Join(h.dir(), "twill", "subnet.env"))
+		if err != nil {
+			t.Errorf("%s: flannel's subnet.env in the state directory: %v", h, err)
+			continue
+		}
+		want := fmt.Sprintf("FLANNEL_SUBNET=%s/24", sub.Addr().Next())
+		if !strings.Contains(string(env), "FLANNEL_NETWORK="+overlay) || !strings.Contains(string(env), want) {
+			t.Errorf("%s: subnet.env lacks FLANNEL_NETWORK=%s or %s:\n%s", h, overlay, want, env)
 		}
 	}
 }
