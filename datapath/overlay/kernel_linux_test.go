@@ -24,15 +24,22 @@ const transferBytes = 100 << 20
 func TestKernelTransfer(t *testing.T) {
 	requireKernel(t)
 	for _, mode := range []struct {
-		name   string
-		h1, h2 string
+		name        string
+		h1, h2      string
+		underlayOff bool // transmit checksum offload off on the underlay
 	}{
-		{"offload", OffloadAuto, OffloadAuto},
-		{"plain", OffloadOff, OffloadOff},
-		{"mixed", OffloadAuto, OffloadOff},
+		{"offload", OffloadAuto, OffloadAuto, false},
+		{"plain", OffloadOff, OffloadOff, false},
+		{"mixed", OffloadAuto, OffloadOff, false},
+		{"underlay-tx-off", OffloadAuto, OffloadAuto, true},
 	} {
 		t.Run(mode.name, func(t *testing.T) {
 			tp := newTopo(t, 2)
+			if mode.underlayOff {
+				for i := 1; i <= 2; i++ {
+					testbed.MustIn(t, hostNS(i), "ethtool", "-K", "ul0", "tx", "off")
+				}
+			}
 			f1 := tp.startForwarder(1, mode.h1, 2)
 			f2 := tp.startForwarder(2, mode.h2, 1)
 			wantPath := map[string]string{OffloadAuto: "offload", OffloadOff: "plain"}
