@@ -37,6 +37,7 @@ type config struct {
 	PluginDir     string
 	PluginName    string        // how users name twill in -d and --ipam-driver
 	OrphanAge     time.Duration // an unused allocation older than this is given back
+	DockerSocket  string        // dockerd's API, for reconciliation after a start
 	LogLevel      slog.Level
 	LogFormat     string
 }
@@ -63,6 +64,7 @@ var settings = []setting{
 	{"TWILL_SUBNET_ENV", "subnet-env", "/run/flannel/subnet.env", "where to write flannel's subnet.env; empty = do not write"},
 	{"TWILL_CONTROL_SOCKET", "control-socket", "", "twillctl's socket; empty = <state-dir>/twill-ctl.sock"},
 	{"TWILL_METRICS_ADDR", "metrics-addr", "127.0.0.1:9586", "Prometheus /metrics listen address; empty = off"},
+	{"TWILL_DOCKER_SOCKET", "docker-socket", "/run/docker.sock", "dockerd's API socket, read once after a start to remove networks deleted while twill was down; empty = off"},
 	{"TWILL_ORPHAN_AGE", "orphan-age", "2m", "an address handed out this long ago that no container uses is given back (a crash lost its answer)"},
 	{"TWILL_LOG_LEVEL", "log-level", "info", "debug, info, warn or error"},
 	{"TWILL_LOG_FORMAT", "log-format", "auto", "text, json, or auto (text on a terminal, JSON otherwise)"},
@@ -198,6 +200,7 @@ func parseConfig(args []string, env func(string) (string, bool), usage io.Writer
 	}
 	c.PluginDir = get["plugin-dir"]
 	c.PluginName = get["plugin-name"]
+	c.DockerSocket = get["docker-socket"]
 	if c.PluginName == "" {
 		c.PluginName = "twill"
 		if os.Getpid() == 1 { // a managed plugin runs in its own PID namespace

@@ -83,6 +83,7 @@ func (c *cluster) launch(n int, extra ...string) *host {
 		"--etcd-endpoints", c.etcd, "--etcd-prefix", c.prefix, "--iface", "ul0",
 		"--state-dir", h.dir, "--plugin-dir", h.dir, "--control-socket", filepath.Join(h.dir, "ctl.sock"),
 		"--subnet-env", filepath.Join(h.dir, "subnet.env"), "--metrics-addr", "", "--log-level", "debug",
+		"--docker-socket", "", // never this machine's dockerd
 	}
 	h.proc = testbed.Start(t, h.ns, filepath.Join(h.dir, "twilld.log"), []string{"TWILL_TEST_ROLE=twilld"}, os.Args[0], append(args, extra...)...)
 	return h

@@ -243,6 +243,8 @@ func (n *node) serve(ctx context.Context) error {
 	go func() { defer wg.Done(); n.follow(ctx) }()
 	wg.Add(1)
 	go func() { defer wg.Done(); n.sweepLoop(ctx) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); n.reconcileWithDocker(ctx) }()
 
 	ln, err := control.Listen(n.cfg.ControlSocket)
 	if err != nil {
