@@ -27,7 +27,9 @@ import (
 // prints a markdown table of medians with the ratios to VXLAN.
 // TWILL_BENCH_ROUNDS (default 3) and TWILL_BENCH_SECONDS (default 5) set
 // the size; TWILL_BENCH_MODES (comma-separated, default
-// underlay,vxlan,plain,offload) picks the paths; TWILL_BENCH_OUT names a file the table is also written to.
+// underlay,vxlan,plain,offload) picks the paths; TWILL_BENCH_OUT names a
+// file the table is also written to; TWILL_BENCH_PIN=0 runs the forwarders
+// and ping on CPU 0 (a diagnostic, see pinned).
 func BenchmarkDatapath(b *testing.B) {
 	requireKernel(b)
 	for _, tool := range []string{"iperf3", "busybox"} {
@@ -132,7 +134,8 @@ var rttRE = regexp.MustCompile(`time=([0-9.]+) ms`)
 
 // pingP50 returns the median RTT in ms of 40 pings from ns to addr.
 func pingP50(b *testing.B, ns, addr string) float64 {
-	out := testbed.MustIn(b, ns, "busybox", "ping", "-c", "41", "-i", "0.025", "-W", "2", addr)
+	args := pinned("busybox", "ping", "-c", "41", "-i", "0.025", "-W", "2", addr)
+	out := testbed.MustIn(b, ns, args[0], args[1:]...)
 	var v []float64
 	for i, m := range rttRE.FindAllStringSubmatch(out, -1) {
 		if i == 0 {
@@ -204,7 +207,11 @@ func median(v []float64) float64 {
 
 func benchTable(modes []string, res map[string]*benchResult, rounds, secs int) string {
 	var sb strings.Builder
-	fmt.Fprintf(&sb, "\ntwill datapath benchmark: 2 hosts, iperf3 TCP %ds container to container, medians of %d alternating rounds\n\n", secs, rounds)
+	fmt.Fprintf(&sb, "\ntwill datapath benchmark: 2 hosts, iperf3 TCP %ds container to container, medians of %d alternating rounds", secs, rounds)
+	if c := os.Getenv("TWILL_BENCH_PIN"); c != "" {
+		fmt.Fprintf(&sb, ", forwarders and ping pinned to CPU %s", c)
+	}
+	sb.WriteString("\n\n")
 	sb.WriteString("| path | Gbit/s P1 | Gbit/s P4 | ÷ VXLAN P1 | ÷ VXLAN P4 | ping p50 ms | RTT ÷ VXLAN | forwarder CPU % P1 / P4 |\n")
 	sb.WriteString("|---|---|---|---|---|---|---|---|\n")
 	v := res["vxlan"]

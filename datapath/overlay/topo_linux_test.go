@@ -98,8 +98,9 @@ func (tp *testTopo) startForwarder(i int, offload string, peers ...int) *testFwd
 		c.Peers[leaseOf(p)] = underlayIP(p) + ":8285"
 	}
 	b, _ := json.Marshal(c)
+	args := pinned(os.Args[0], "-test.run=^$")
 	p := testbed.Start(t, hostNS(i), filepath.Join(tp.dir, fmt.Sprintf("fwd%d.log", i)),
-		[]string{"TWO_HELPER=forwarder", "TWO_FWD_CONFIG=" + string(b)}, os.Args[0], "-test.run=^$")
+		[]string{"TWO_HELPER=forwarder", "TWO_FWD_CONFIG=" + string(b)}, args[0], args[1:]...)
 	f := &testFwd{proc: p, stats: c.Stats}
 	deadline := time.Now().Add(20 * time.Second)
 	for {
@@ -116,10 +117,28 @@ func (tp *testTopo) startForwarder(i int, offload string, peers ...int) *testFwd
 	return f
 }
 
+// pinned prefixes a command with taskset when TWILL_BENCH_PIN names CPUs
+// (a benchmark diagnostic: forwarders and ping on one CPU avoid cross-CPU
+// wake-ups, which on one machine stand in for the network between hosts).
+func pinned(args ...string) []string {
+	if c := os.Getenv("TWILL_BENCH_PIN"); c != "" {
+		return append([]string{"taskset", "-c", c}, args...)
+	}
+	return args
+}
+
 // stop ends the forwarder with SIGTERM and returns its final Stats.
 func (f *testFwd) stop(t testing.TB) Stats {
 	t.Helper()
-	f.proc.Signal(syscall.SIGTERM)
+	syscall.Kill(f.proc.Cmd.Process.Pid, syscall.SIGTERM)
+	for i := 0; i < 200 && !f.proc.Exited(); i++ {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !f.proc.Exited() {
+		// A hung shutdown is a bug: get the goroutines into the log.
+		f.proc.Signal(syscall.SIGQUIT)
+		t.Fatalf("forwarder did not stop within 10s; log: %s", f.proc.Tail(20000))
+	}
 	var s Stats
 	b, err := os.ReadFile(f.stats)
 	if err != nil {
