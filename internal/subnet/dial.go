@@ -14,6 +14,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 )
 
 // ErrEtcdUnreachable is returned by Dial when no endpoint answered in time.
@@ -84,6 +86,13 @@ func Dial(ctx context.Context, c DialConfig) (*clientv3.Client, error) {
 		TLS:                  tlsCfg,
 		Logger:               zap.NewNop(),
 		Context:              context.WithoutCancel(ctx),
+		// gRPC's default reconnect backoff grows to 2 minutes: after a long
+		// etcd outage twilld would stay disconnected long after etcd is
+		// back. Retry at least every 5 s.
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 500 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 5 * time.Second},
+			MinConnectTimeout: 5 * time.Second,
+		})},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("connecting to etcd at %s: %w", strings.Join(c.Endpoints, ","), err)
