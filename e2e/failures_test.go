@@ -32,12 +32,16 @@ func reach(t *testing.T, timeout time.Duration, src ctr, dsts ...ctr) {
 	for _, d := range dsts {
 		addrs = append(addrs, d.ip)
 	}
+	start := time.Now()
 	eventually(t, timeout, fmt.Sprintf("%s reaches %v", src, dsts), func() error {
 		if failed := pings(t, src, addrs); len(failed) > 0 {
 			return fmt.Errorf("no reply from %v", failed)
 		}
 		return nil
 	})
+	if d := time.Since(start); d > 3*time.Second {
+		t.Logf("%s reached %v only after %.1fs", src, dsts, d.Seconds())
+	}
 }
 
 // dockerdRestart: host 2's dockerd restarts; its restart-policy containers come
