@@ -6,7 +6,7 @@
 # registry, runs two containers per host and prints a report: hosts and their
 # subnets, containers and addresses, a cross-host ping matrix and a throughput
 # line. Everything stays up until `make demo-down`.
-set -euo pipefail
+set -eEuo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 # shellcheck source=lib.sh
@@ -90,7 +90,7 @@ report() {
 		n=${src:1:1}
 		# one exec per source: ping every other container
 		local res
-		res=$(dk "$n" exec "$src" sh -c "for ip in ${ips[*]}; do if [ \$ip = ${ips[$i]} ]; then echo -; elif ping -c1 -W2 \$ip >/dev/null 2>&1; then echo ok; else echo FAIL; fi; done" | tr '\n' ' ')
+		res=$(dk "$n" exec "$src" sh -c "for ip in ${ips[*]}; do if [ \$ip = ${ips[$i]} ]; then echo -; elif ping -c1 -W2 \$ip >/dev/null 2>&1 || ping -c1 -W2 \$ip >/dev/null 2>&1; then echo ok; else echo FAIL; fi; done" | tr '\n' ' ')
 		printf '  %-7s' "$src"
 		for j in $res; do printf '%-6s' "$j"; done
 		echo
@@ -124,7 +124,10 @@ report() {
 }
 
 case ${1:-up} in
-up) up ;;
+up)
+	trap 'trap - ERR; echo "demo failed; what is up stays up for a look (scripts/testbed.sh status, logs in /var/lib/twe/hN/dockerd.log); make demo-down removes it" >&2' ERR
+	up
+	;;
 report) report ;;
 down) need_root "demo-down"; bash $TB down ;;
 *) echo "usage: $0 up|report|down" >&2; exit 2 ;;
