@@ -4,6 +4,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -181,4 +182,43 @@ func TestKernelThreeHosts(t *testing.T) {
 	}
 	testbed.MustIn(t, containerNS(1), "busybox", "ping", "-c", "2", "-i", "0.1", "-W", "2", containerIP(2))
 	tp.checkNoCsumErrors()
+}
+
+// TestKernelStopUnderLoad stops both forwarders in the middle of a bulk
+// transfer: shutdown must finish promptly and delete twill0.
+func TestKernelStopUnderLoad(t *testing.T) {
+	requireKernel(t)
+	if _, err := exec.LookPath("iperf3"); err != nil {
+		t.Skip("needs iperf3")
+	}
+	for _, mode := range []string{OffloadAuto, OffloadOff} {
+		t.Run(mode, func(t *testing.T) {
+			tp := newTopo(t, 2)
+			f1 := tp.startForwarder(1, mode, 2)
+			f2 := tp.startForwarder(2, mode, 1)
+			testbed.Start(t, containerNS(2), filepath.Join(tp.dir, "iperf-s.log"), nil, "iperf3", "-s", "-B", containerIP(2))
+			var client *testbed.Proc
+			testbed.WaitFor(t.Context(), 5*time.Second, func() error {
+				client = testbed.Start(t, containerNS(1), filepath.Join(tp.dir, "iperf-c.log"), nil,
+					"iperf3", "-c", containerIP(2), "-t", "10", "-P", "2", "--bidir")
+				time.Sleep(300 * time.Millisecond)
+				if client.Exited() {
+					return os.ErrNotExist // server not up yet
+				}
+				return nil
+			})
+			time.Sleep(1500 * time.Millisecond)
+			start := time.Now()
+			s1, s2 := f1.stop(t), f2.stop(t)
+			t.Logf("stopped both in %v; out %d/%d packets", time.Since(start), s1.PacketsOut, s2.PacketsOut)
+			if s1.PacketsOut == 0 || s2.PacketsOut == 0 {
+				t.Fatal("no traffic was flowing when the forwarders stopped")
+			}
+			for i := 1; i <= 2; i++ {
+				if out, err := testbed.In(hostNS(i), "ip", "link", "show", "twill0"); err == nil {
+					t.Fatalf("twill0 still exists on host %d: %s", i, out)
+				}
+			}
+		})
+	}
 }
