@@ -23,10 +23,10 @@ func Open(cfg Config) (*Forwarder, error) {
 		tun.Close()
 		return nil, err
 	}
-	if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1\n"), 0o644); err != nil {
+	if err := enableForwarding(); err != nil {
 		tun.Close()
 		conn.Close()
-		return nil, fmt.Errorf("enabling ipv4 forwarding: %w", err)
+		return nil, err
 	}
 	f, err := New(cfg, tun, conn)
 	if err != nil {
@@ -35,4 +35,19 @@ func Open(cfg Config) (*Forwarder, error) {
 		return nil, err
 	}
 	return f, nil
+}
+
+// enableForwarding turns on IPv4 forwarding unless it is on already. Inside a
+// managed Docker plugin /proc/sys is read-only; dockerd itself turns
+// forwarding on (unless started with --ip-forward=false), so reading first
+// avoids a write that would fail for nothing.
+func enableForwarding() error {
+	const path = "/proc/sys/net/ipv4/ip_forward"
+	if b, err := os.ReadFile(path); err == nil && len(b) > 0 && b[0] == '1' {
+		return nil
+	}
+	if err := os.WriteFile(path, []byte("1\n"), 0o644); err != nil {
+		return fmt.Errorf("enabling ipv4 forwarding: %w: set it on the host with `sysctl -w net.ipv4.ip_forward=1` (and in /etc/sysctl.conf)", err)
+	}
+	return nil
 }
