@@ -11,16 +11,19 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/twill-net/twill/internal/control"
+	"github.com/twill-net/twill/internal/subnet"
 )
 
 const usage = `usage: twillctl [--socket PATH] [--json] COMMAND
 
 commands:
   status      this host: subnets, lease expiry, etcd health, MTU, offloads, uptime
-  leases      every host's subnet, public IP and expiry (flanneld hosts marked)
+  leases      every host's subnet, public IP and expiry (flanneld hosts marked);
+              with no twilld here, read from etcd (--etcd-endpoints or ETCD_ENDPOINTS)
   peers       per peer: packets and bytes in and out, last seen; drops by reason
   networks    twill's Docker networks on this host
   endpoints   twill's container interfaces on this host
@@ -47,6 +50,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	sock := fs.String("socket", def, "twilld's control socket (env TWILL_CONTROL_SOCKET)")
 	asJSON := fs.Bool("json", false, "print JSON instead of a table")
+	envOr := func(k, d string) string {
+		if v := os.Getenv(k); v != "" {
+			return v
+		}
+		return d
+	}
+	endpoints := fs.String("etcd-endpoints", os.Getenv("ETCD_ENDPOINTS"), "etcd URLs for `leases` when no twilld answers here (env ETCD_ENDPOINTS)")
+	prefix := fs.String("etcd-prefix", envOr("ETCD_PREFIX", "/coreos.com/network"), "etcd key prefix (env ETCD_PREFIX)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -58,7 +69,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 	defer cancel()
 	c := control.NewClient(*sock)
 	cmd := fs.Arg(0)
-	if err := command(ctx, c, cmd, *asJSON, stdout); err != nil {
+	var eps []string
+	for _, e := range strings.Split(*endpoints, ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			eps = append(eps, e)
+		}
+	}
+	fallback := subnet.DialConfig{Endpoints: eps, CAFile: os.Getenv("ETCD_CAFILE"), CertFile: os.Getenv("ETCD_CERTFILE"), KeyFile: os.Getenv("ETCD_KEYFILE")}
+	if err := command(ctx, c, cmd, *asJSON, stdout, fallback, *prefix); err != nil {
 		fmt.Fprintf(stderr, "twillctl %s: %v\n", cmd, err)
 		return 1
 	}
@@ -70,7 +88,7 @@ var (
 	errProblems = errors.New("problems found (see FIX above)")
 )
 
-func command(ctx context.Context, c *control.Client, cmd string, asJSON bool, w io.Writer) error {
+func command(ctx context.Context, c *control.Client, cmd string, asJSON bool, w io.Writer, etcd subnet.DialConfig, prefix string) error {
 	var v any
 	var table func(io.Writer, any)
 	switch cmd {
@@ -112,7 +130,15 @@ func command(ctx context.Context, c *control.Client, cmd string, asJSON bool, w 
 		return fmt.Errorf("%q: %w", cmd, errUnknown)
 	}
 	if err := c.Get(ctx, cmd, v); err != nil {
-		return err
+		if cmd != "leases" || len(etcd.Endpoints) == 0 || !errors.Is(err, control.ErrNoDaemon) {
+			return err
+		}
+		// No twilld here: read the cluster's leases from etcd itself.
+		ls, eerr := etcdLeases(ctx, etcd, prefix)
+		if eerr != nil {
+			return fmt.Errorf("%w; reading etcd instead: %w", err, eerr)
+		}
+		*v.(*[]control.Lease) = ls
 	}
 	if asJSON {
 		enc := json.NewEncoder(w)

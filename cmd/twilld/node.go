@@ -213,7 +213,7 @@ func (n *node) follow(ctx context.Context) {
 			if err := n.fwd.SetPeer(l.Subnet, peer); err != nil {
 				n.log.Error("adding peer", "subnet", l.Subnet, "peer", peer, "err", err)
 			} else {
-				n.log.Debug("peer up", "subnet", l.Subnet, "peer", peer)
+				n.log.Info("peer added", "subnet", l.Subnet, "peer", peer, "overlay", l.Overlay)
 			}
 		default:
 			if err := n.fwd.RemovePeer(l.Subnet); err != nil {

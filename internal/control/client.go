@@ -3,12 +3,16 @@ package control
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"time"
 )
+
+// ErrNoDaemon means nothing answers on the control socket.
+var ErrNoDaemon = errors.New("no twilld answers")
 
 // Client talks to a twilld control socket.
 type Client struct {
@@ -42,7 +46,7 @@ func (c *Client) do(ctx context.Context, method, view string, v any) error {
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return fmt.Errorf("twilld control socket %s: %w (is twilld running? as root? set --socket or TWILL_CONTROL_SOCKET)", c.path, err)
+		return fmt.Errorf("twilld control socket %s: %w (%w: is twilld running? as root? set --socket or TWILL_CONTROL_SOCKET)", c.path, err, ErrNoDaemon)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
