@@ -339,6 +339,17 @@ func TestSingleHostEmbeddedEtcd(t *testing.T) {
 	if !strings.Contains(s.Etcd, "embedded") || !strings.HasPrefix(s.Etcd, "http://127.0.0.1:") || s.Underlay != "ul0" || s.PublicIP != "10.199.0.1" {
 		t.Errorf("status: %+v", s)
 	}
+	// Sockets and state are root's alone.
+	for _, name := range []string{"twill.sock", "ctl.sock", "state.db", "leases.json"} {
+		st, err := os.Stat(filepath.Join(dir, name))
+		if err != nil {
+			t.Errorf("%s: %v", name, err)
+			continue
+		}
+		if st.Mode().Perm()&0o077 != 0 {
+			t.Errorf("%s has mode %v, want no access for group and others", name, st.Mode().Perm())
+		}
+	}
 	h.net = h.docker.CreateNetwork(t, testbed.ID("solo"), "", nil) // no --subnet: the default overlay
 	if !netip.MustParsePrefix("10.96.0.0/16").Contains(h.net.Pool.Addr()) || h.net.Pool.Bits() != 24 {
 		t.Fatalf("pool %s, want a /24 of 10.96.0.0/16", h.net.Pool)
