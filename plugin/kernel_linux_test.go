@@ -3,14 +3,11 @@
 package plugin
 
 import (
+	"github.com/twill-net/twill/internal/testbed"
+
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"net/netip"
-	"os"
-	"os/exec"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 
@@ -20,50 +17,6 @@ import (
 
 	"github.com/twill-net/twill/datapath/links"
 )
-
-// requireNetAdmin skips the test unless the process holds CAP_NET_ADMIN and
-// the ip command exists.
-func requireNetAdmin(t *testing.T) {
-	t.Helper()
-	status, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		t.Skipf("reading capabilities: %v", err)
-	}
-	for line := range strings.SplitSeq(string(status), "\n") {
-		if hexCaps, ok := strings.CutPrefix(line, "CapEff:"); ok {
-			caps, err := strconv.ParseUint(strings.TrimSpace(hexCaps), 16, 64)
-			if err != nil || caps&(1<<12) == 0 { // CAP_NET_ADMIN = 12
-				t.Skip("needs CAP_NET_ADMIN (run as root)")
-			}
-		}
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("needs the ip command")
-	}
-}
-
-// testNetns makes namespace twp-<random> with `ip netns add` (no goroutine
-// of ours switches namespace) and removes it, with all its links, at the end.
-func testNetns(t *testing.T) netns.NsHandle {
-	t.Helper()
-	b := make([]byte, 4)
-	rand.Read(b)
-	name := "twp-" + hex.EncodeToString(b)
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add %s: %v: %s", name, err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			t.Errorf("ip netns del %s: %v: %s", name, err, out)
-		}
-	})
-	ns, err := netns.GetFromName(name)
-	if err != nil {
-		t.Fatalf("opening netns %s: %v", name, err)
-	}
-	t.Cleanup(func() { ns.Close() })
-	return ns
-}
 
 // kernelStack serves twill with real bridges and veths in ns, its state in
 // dir (firewall faked: its root tests live in datapath/firewall).
@@ -108,8 +61,8 @@ func linkNames(t *testing.T, h *netlink.Handle) []string {
 // run, a plugin restart with leftovers, docker stop and network rm against
 // real links in a namespace of its own.
 func TestKernelDockerSequence(t *testing.T) {
-	requireNetAdmin(t)
-	ns := testNetns(t)
+	testbed.RequireNetAdmin(t)
+	_, ns := testbed.Netns(t, "twp-")
 	h, err := netlink.NewHandleAt(ns)
 	if err != nil {
 		t.Fatal(err)

@@ -3,73 +3,25 @@
 package links
 
 import (
+	"github.com/twill-net/twill/internal/testbed"
+
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"net"
 	"net/netip"
-	"os"
-	"os/exec"
-	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 )
-
-// requireNetAdmin skips the test unless the process holds CAP_NET_ADMIN
-// and the ip command exists (it makes the test's namespaces).
-func requireNetAdmin(t *testing.T) {
-	t.Helper()
-	status, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		t.Skipf("reading capabilities: %v", err)
-	}
-	for line := range strings.SplitSeq(string(status), "\n") {
-		if hexCaps, ok := strings.CutPrefix(line, "CapEff:"); ok {
-			caps, err := strconv.ParseUint(strings.TrimSpace(hexCaps), 16, 64)
-			if err != nil || caps&(1<<12) == 0 { // CAP_NET_ADMIN = 12
-				t.Skip("needs CAP_NET_ADMIN (run as root)")
-			}
-		}
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("needs the ip command")
-	}
-}
-
-// testNetns makes a named namespace twf-l<random> with `ip netns add` (so
-// no goroutine of ours switches namespace) and removes it at the end.
-func testNetns(t *testing.T) netns.NsHandle {
-	t.Helper()
-	b := make([]byte, 4)
-	rand.Read(b)
-	name := "twf-l" + hex.EncodeToString(b)
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add %s: %v: %s", name, err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			t.Errorf("ip netns del %s: %v: %s", name, err, out)
-		}
-	})
-	ns, err := netns.GetFromName(name)
-	if err != nil {
-		t.Fatalf("opening netns %s: %v", name, err)
-	}
-	t.Cleanup(func() { ns.Close() })
-	return ns
-}
 
 // newTestLinks returns Links bound to a fresh namespace and a raw netlink
 // handle on the same namespace for checking what the kernel holds.
 func newTestLinks(t *testing.T) (*Links, *netlink.Handle) {
 	t.Helper()
-	requireNetAdmin(t)
-	ns := testNetns(t)
+	testbed.RequireNetAdmin(t)
+	_, ns := testbed.Netns(t, "twf-l")
 	l, err := NewAt(nil, ns)
 	if err != nil {
 		t.Fatal(err)
