@@ -48,6 +48,7 @@ func TestTwill(t *testing.T) {
 		{"DockerdRestart", (*scenario).dockerdRestart, false},
 		{"PluginKilled", (*scenario).pluginKilled, false},
 		{"PluginDisableEnable", (*scenario).disableEnable, false},
+		{"PluginSetUpgrade", (*scenario).upgradeAndSet, false},
 		{"HostRemoved", (*scenario).hostRemoved, false},
 		{"BadInput", (*scenario).badInput, false},
 	}
