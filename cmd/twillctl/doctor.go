@@ -121,7 +121,9 @@ func checkRoutes(overlays []netip.Prefix) finding {
 			continue
 		}
 		for _, o := range overlays {
-			if p.Overlaps(o) {
+			// A wider route (the default route, 10.0.0.0/8) loses to twill0's
+			// overlay route; one inside the overlay wins and steals traffic.
+			if p.Bits() >= o.Bits() && o.Overlaps(p) {
 				bad = append(bad, fmt.Sprintf("%s dev %s", p, name))
 			}
 		}

@@ -201,6 +201,20 @@ func TestOverlayAcrossThreeHosts(t *testing.T) {
 		}
 	}
 
+	t.Run("every host's lease with its expiry", func(t *testing.T) {
+		var ls []control.Lease
+		if err := c.hosts[1].ctl.Get(context.Background(), "leases", &ls); err != nil {
+			t.Fatal(err)
+		}
+		if len(ls) != 3 {
+			t.Fatalf("h1 sees %d leases, want 3: %+v", len(ls), ls)
+		}
+		for _, l := range ls {
+			if left := time.Until(l.Expiry); left < 23*time.Hour || left > 24*time.Hour+time.Minute {
+				t.Errorf("lease %s expires in %v, want about 24 h", l.Subnet, left)
+			}
+		}
+	})
 	t.Run("ping every pair", func(t *testing.T) {
 		for a := 1; a <= 3; a++ {
 			for b := 1; b <= 3; b++ {

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/twill-net/twill/internal/control"
 	"github.com/twill-net/twill/internal/subnet"
 )
@@ -39,7 +41,28 @@ func (n *node) Status(ctx context.Context) (control.Status, error) {
 	return s, nil
 }
 
-func (n *node) Leases(ctx context.Context) ([]control.Lease, error) { return n.leaseViews(), nil }
+func (n *node) Leases(ctx context.Context) ([]control.Lease, error) {
+	ls := n.leaseViews()
+	// Other hosts' expiry is etcd's to tell: ask for each lease's TTL.
+	all := n.leases.AllLeases()
+	ttl := map[string]int64{}
+	for _, l := range all {
+		ttl[l.Subnet.String()] = l.EtcdLease
+	}
+	for i := range ls {
+		id := ttl[ls[i].Subnet]
+		if !ls[i].Expiry.IsZero() || id == 0 {
+			continue
+		}
+		tctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		resp, err := n.cli.TimeToLive(tctx, clientv3.LeaseID(id))
+		cancel()
+		if err == nil && resp.TTL > 0 {
+			ls[i].Expiry = time.Now().Add(time.Duration(resp.TTL) * time.Second)
+		}
+	}
+	return ls, nil
+}
 
 func (n *node) leaseViews() []control.Lease {
 	own := map[string]subnet.Lease{}
