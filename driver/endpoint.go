@@ -80,7 +80,7 @@ func (d *Driver) CreateEndpoint(ctx context.Context, req *netapi.CreateEndpointR
 		d.mu.Unlock()
 		return nil, fmt.Errorf("recording endpoint %s: %w", shortID(e.ID), err)
 	}
-	d.log.Debug("endpoint created", "network", n.ID, "endpoint", e.ID, "address", addr, "mac", mac)
+	d.log.Info("endpoint created", "network", n.ID, "endpoint", e.ID, "address", addr, "mac", mac)
 	return resp, nil
 }
 
@@ -223,7 +223,7 @@ func (d *Driver) DeleteEndpoint(ctx context.Context, req *netapi.DeleteEndpointR
 	if err := d.removeEndpoint(ctx, n, e); err != nil {
 		return fmt.Errorf("deleting endpoint %s: %w", shortID(e.ID), err)
 	}
-	d.log.Debug("endpoint deleted", "network", e.Network, "endpoint", e.ID)
+	d.log.Info("endpoint deleted", "network", e.Network, "endpoint", e.ID)
 	return nil
 }
 
