@@ -370,6 +370,12 @@ func TestSingleHostEmbeddedEtcd(t *testing.T) {
 	}
 	a, b := c.container(h, "s1"), c.container(h, "s2")
 	mustPing(t, a.NS, b.Addr.Addr())
+	// An overlay overlapping the default one is refused, naming both.
+	err := h.docker.Call("IpamDriver.RequestPool", map[string]any{"AddressSpace": "twill-local", "Pool": "10.96.128.0/17", "Options": map[string]string{}}, nil)
+	if err == nil || !strings.Contains(err.Error(), "10.96.0.0/16") || !strings.Contains(err.Error(), "overlap") {
+		t.Errorf("overlapping overlay: %v, want a refusal naming 10.96.0.0/16", err)
+	}
+	mustPing(t, a.NS, b.Addr.Addr())
 	h.proc.Signal(syscall.SIGTERM)
 	startIt()
 	if again := c.status(h).Overlays[0].Subnet; again != s.Overlays[0].Subnet {
