@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
@@ -17,102 +16,28 @@ import (
 	"github.com/twill-net/twill/internal/testbed"
 )
 
-// dockerCall is a plugin call as dockerd makes it: a call that cannot reach
-// the plugin (being restarted) is retried for about 15 s; an answer with an
-// error is final.
-func dockerCall(d *testbed.Docker, method string, req, resp any) error {
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		err := d.Call(method, req, resp)
-		if err == nil {
-			return nil
-		}
-		transient := strings.Contains(err.Error(), "connect:") || strings.Contains(err.Error(), "EOF") ||
-			strings.Contains(err.Error(), "connection reset") || strings.Contains(err.Error(), "twill is starting")
-		if !transient || time.Now().After(deadline) {
-			return err
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
+// churnCtr is a container of the churn test and the host it runs on.
 type churnCtr struct {
-	host     *host
-	ns, ep   string
-	addr     netip.Prefix
-	releaseA bool // the address was answered
+	host *host
+	testbed.Container
 }
 
-// churnRun starts a container the way dockerd does, undoing what it did
-// when a step fails, as dockerd does.
+// churnRun starts a container the way dockerd does: calls that cannot reach
+// a restarting plugin are retried, a failed step is undone.
 func churnRun(c *cluster, h *host, name string) (*churnCtr, error) {
-	ct := &churnCtr{host: h, ns: c.bed.AddNS(name), ep: testbed.ID(name)}
-	fail := func(err error) (*churnCtr, error) { churnStop(c, ct); return nil, err }
-	var addr struct{ Address string }
-	if err := dockerCall(h.docker, "IpamDriver.RequestAddress", map[string]any{"PoolID": h.net.PoolID, "Address": "", "Options": nil}, &addr); err != nil {
-		return fail(err)
+	ct, err := h.docker.Start(h.net, c.bed.AddNS(name), testbed.ID(name))
+	if err != nil {
+		testbed.Must(c.t, "ip", "netns", "del", ct.NS)
+		return nil, err
 	}
-	ct.addr, ct.releaseA = netip.MustParsePrefix(addr.Address), true
-	var ep struct{ Interface struct{ MacAddress string } }
-	if err := dockerCall(h.docker, "NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": h.net.ID, "EndpointID": ct.ep,
-		"Interface": map[string]any{"Address": addr.Address}, "Options": map[string]any{}}, &ep); err != nil {
-		return fail(err)
-	}
-	var join struct {
-		InterfaceName struct{ SrcName string }
-		Gateway       string
-		StaticRoutes  []struct{ Destination, NextHop string }
-	}
-	if err := dockerCall(h.docker, "NetworkDriver.Join", map[string]any{"NetworkID": h.net.ID, "EndpointID": ct.ep, "SandboxKey": "/x", "Options": map[string]any{}}, &join); err != nil {
-		return fail(err)
-	}
-	src := join.InterfaceName.SrcName
-	steps := [][]string{
-		{"ip", "-n", h.ns, "link", "set", src, "netns", ct.ns},
-		{"ip", "-n", ct.ns, "link", "set", src, "name", "eth0"},
-		{"ip", "-n", ct.ns, "link", "set", "eth0", "address", ep.Interface.MacAddress},
-		{"ip", "-n", ct.ns, "addr", "add", addr.Address, "dev", "eth0"},
-		{"ip", "-n", ct.ns, "link", "set", "eth0", "up"},
-		{"ip", "-n", ct.ns, "route", "add", "default", "via", join.Gateway},
-	}
-	for _, r := range join.StaticRoutes {
-		steps = append(steps, []string{"ip", "-n", ct.ns, "route", "add", r.Destination, "via", r.NextHop})
-	}
-	for _, s := range steps {
-		if _, err := testbed.In(h.ns, s[0], s[1:]...); err != nil {
-			return fail(err)
-		}
-	}
-	if err := dockerCall(h.docker, "NetworkDriver.ProgramExternalConnectivity", map[string]any{"NetworkID": h.net.ID, "EndpointID": ct.ep, "Options": map[string]any{}}, nil); err != nil {
-		return fail(err)
-	}
-	return ct, nil
+	return &churnCtr{host: h, Container: ct}, nil
 }
 
 // churnStop removes a container the way dockerd does on `docker rm -f`.
 func churnStop(c *cluster, ct *churnCtr) error {
-	h := ct.host
-	testbed.In(ct.ns, "ip", "link", "del", "eth0")
-	var errs []error
-	for _, s := range []struct {
-		m   string
-		req map[string]any
-	}{
-		{"NetworkDriver.RevokeExternalConnectivity", map[string]any{"NetworkID": h.net.ID, "EndpointID": ct.ep}},
-		{"NetworkDriver.Leave", map[string]any{"NetworkID": h.net.ID, "EndpointID": ct.ep}},
-		{"NetworkDriver.DeleteEndpoint", map[string]any{"NetworkID": h.net.ID, "EndpointID": ct.ep}},
-	} {
-		if err := dockerCall(h.docker, s.m, s.req, nil); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if ct.releaseA {
-		if err := dockerCall(h.docker, "IpamDriver.ReleaseAddress", map[string]any{"PoolID": h.net.PoolID, "Address": ct.addr.Addr().String()}, nil); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	testbed.Must(c.t, "ip", "netns", "del", ct.ns)
-	return errors.Join(errs...)
+	err := ct.host.docker.Remove(ct.host.net, ct.Container)
+	testbed.Must(c.t, "ip", "netns", "del", ct.NS)
+	return err
 }
 
 func TestChurnWithKills(t *testing.T) {
@@ -126,6 +51,7 @@ func TestChurnWithKills(t *testing.T) {
 	for n := 1; n <= 3; n++ {
 		h := c.start(n, opts...)
 		h.net = h.docker.CreateNetwork(t, testbed.ID(fmt.Sprintf("churn-h%d", n)), "10.96.0.0/16", nil)
+		h.docker.Retry = 15 * time.Second // as dockerd retries a plugin being restarted
 	}
 
 	var mu sync.Mutex
@@ -192,10 +118,10 @@ func TestChurnWithKills(t *testing.T) {
 	// No address is held twice.
 	seen := map[netip.Addr]string{}
 	for _, ct := range running {
-		if other, dup := seen[ct.addr.Addr()]; dup {
-			t.Errorf("address %s held by %s and %s", ct.addr, other, ct.ns)
+		if other, dup := seen[ct.Addr.Addr()]; dup {
+			t.Errorf("address %s held by %s and %s", ct.Addr, other, ct.NS)
 		}
-		seen[ct.addr.Addr()] = ct.ns
+		seen[ct.Addr.Addr()] = ct.NS
 	}
 	// After the orphan sweep, each host holds exactly its running containers'
 	// addresses plus its gateway; its endpoints and veths are exactly theirs.
@@ -243,9 +169,9 @@ func TestChurnWithKills(t *testing.T) {
 			go func(a, b *churnCtr) {
 				defer pw.Done()
 				defer func() { <-sem }()
-				if testbed.WaitFor(context.Background(), 3*time.Second, func() error { return ping(a.ns, b.addr.Addr()) }) != nil {
+				if testbed.WaitFor(context.Background(), 3*time.Second, func() error { return ping(a.NS, b.Addr.Addr()) }) != nil {
 					pingFails.Add(1)
-					t.Errorf("%s cannot reach %s (%s)", a.ns, b.ns, b.addr)
+					t.Errorf("%s cannot reach %s (%s)", a.NS, b.NS, b.Addr)
 				}
 			}(a, b)
 		}

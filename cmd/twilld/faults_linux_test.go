@@ -8,7 +8,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -109,7 +108,8 @@ func TestKillRestartKeepsSubnetAddressesAndTraffic(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	go func() {
 		defer wg.Done()
-		testbed.In(c1.NS, "env", "TWILL_TEST_ROLE=ticker", os.Args[0], c2.Addr.Addr().String()+":7000", window)
+		// one datagram every 5 ms for the whole window
+		testbed.In(c1.NS, "env", "TWILL_TEST_ROLE=udpsend", os.Args[0], c2.Addr.Addr().String()+":7000", fmt.Sprint((4*kills+3)*200), "8", "5ms")
 	}()
 	for i := 0; i < kills; i++ {
 		time.Sleep(time.Second)
@@ -247,7 +247,6 @@ func TestDuplicatePublicIPRefused(t *testing.T) {
 	if n := strings.Count(out, "/subnets/"); n != 1 {
 		t.Errorf("%d leases in etcd, want h1's only:\n%s", n, out)
 	}
-	_ = syscall.SIGTERM
 }
 
 func TestEtcdClusterLosesMembers(t *testing.T) {

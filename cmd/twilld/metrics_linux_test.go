@@ -79,7 +79,7 @@ func TestMetricsCountTraffic(t *testing.T) {
 	pktOut, byteOut := scrape(t, h1, "twill_peer_packets_total", out), scrape(t, h1, "twill_peer_bytes_total", out)
 	pktIn, byteIn := scrape(t, h2, "twill_peer_packets_total", in), scrape(t, h2, "twill_peer_bytes_total", in)
 	const n, payload = 1000, 100
-	testbed.MustIn(t, c1.NS, "env", "TWILL_TEST_ROLE=burst", os.Args[0], c2.Addr.Addr().String()+":9", fmt.Sprint(n), fmt.Sprint(payload))
+	testbed.MustIn(t, c1.NS, "env", "TWILL_TEST_ROLE=udpsend", os.Args[0], c2.Addr.Addr().String()+":9", fmt.Sprint(n), fmt.Sprint(payload), "0")
 	wire := float64(n * (payload + 28)) // inner IPv4 + UDP headers
 	// The last datagrams may still be in flight when the sender exits.
 	testbed.WaitFor(context.Background(), 2*time.Second, func() error {

@@ -314,6 +314,9 @@ func (o overlays) Subnet(ctx context.Context, ov netip.Prefix) (netip.Prefix, er
 		o.n.metrics.EtcdError("lease")
 		return netip.Prefix{}, err
 	}
+	// The lease event will join twill0 to the overlay too, but only after
+	// this answer: joining here first means a container on the new network
+	// never starts before its overlay is routed. Joining twice is harmless.
 	if err := o.n.joinOverlay(ov, sn); err != nil {
 		return netip.Prefix{}, err
 	}

@@ -29,14 +29,13 @@ func TestMain(m *testing.M) {
 		os.Exit(roleSource(os.Args[1], n))
 	case "udpcount":
 		os.Exit(roleUDPCount(os.Args[1], os.Args[2]))
-	case "ticker":
-		os.Exit(roleTicker(os.Args[1], os.Args[2]))
 	case "gapsink":
 		os.Exit(roleGapSink(os.Args[1], os.Args[2]))
-	case "burst":
+	case "udpsend":
 		count, _ := strconv.Atoi(os.Args[2])
 		size, _ := strconv.Atoi(os.Args[3])
-		os.Exit(roleBurst(os.Args[1], count, size))
+		gap, _ := time.ParseDuration(os.Args[4])
+		os.Exit(roleUDPSend(os.Args[1], count, size, gap))
 	case "forge":
 		os.Exit(roleForge(os.Args[1:]))
 	default:
@@ -178,24 +177,6 @@ func ipv4UDP(src, dst netip.Addr, port uint16, payload []byte) []byte {
 	return p
 }
 
-// roleTicker sends a small datagram to addr every 5 ms for duration.
-func roleTicker(addr, duration string) int {
-	d, _ := time.ParseDuration(duration)
-	c, err := net.Dial("udp", addr)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	end := time.Now().Add(d)
-	for i := uint64(0); time.Now().Before(end); i++ {
-		var b [8]byte
-		binary.BigEndian.PutUint64(b[:], i)
-		c.Write(b[:]) // errors (ICMP unreachable while a host is down) are the point
-		time.Sleep(5 * time.Millisecond)
-	}
-	return 0
-}
-
 // roleGapSink receives datagrams on addr for duration and prints how many
 // arrived and the longest silence between two of them, in milliseconds.
 func roleGapSink(addr, duration string) int {
@@ -226,10 +207,11 @@ func roleGapSink(addr, duration string) int {
 	return 0
 }
 
-// roleBurst sends count UDP datagrams of size payload bytes to addr, paced so
-// that none is lost to a full queue.
-func roleBurst(addr string, count, size int) int {
-	// Unconnected, so ICMP port unreachable from the far end is not an error.
+// roleUDPSend sends count UDP datagrams of size payload bytes to addr, gap
+// apart (0: a short pause every 50, so that none is lost to a full queue).
+// The socket is unconnected, so ICMP port unreachable from the far end, or
+// a host that is down for a moment, is not an error.
+func roleUDPSend(addr string, count, size int, gap time.Duration) int {
 	c, err := net.ListenPacket("udp", ":0")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -240,13 +222,14 @@ func roleBurst(addr string, count, size int) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	buf := make([]byte, size)
+	buf := make([]byte, max(size, 8))
 	for i := 0; i < count; i++ {
-		if _, err := c.WriteTo(buf, dst); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-		if i%50 == 49 {
+		binary.BigEndian.PutUint64(buf, uint64(i))
+		c.WriteTo(buf[:size], dst)
+		switch {
+		case gap > 0:
+			time.Sleep(gap)
+		case i%50 == 49:
 			time.Sleep(2 * time.Millisecond)
 		}
 	}

@@ -5,11 +5,14 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/netip"
+	"os/exec"
+	"strings"
 	"testing"
 	"time"
 )
@@ -23,7 +26,10 @@ type Docker struct {
 	// HostNS is the namespace the plugin runs in, where Join's veth appears;
 	// empty means the test's own namespace.
 	HostNS string
-	hc     *http.Client
+	// Retry, when set, makes calls that cannot reach the plugin (it is being
+	// restarted) try again for that long, as dockerd does for about 15 s.
+	Retry time.Duration
+	hc    *http.Client
 }
 
 // NewDocker returns a client for the plugin socket at path.
@@ -38,6 +44,25 @@ func NewDocker(path string) *Docker {
 // Call posts req (any JSON value, or a raw string) to /method and decodes the
 // answer into resp. A non-empty "Err" in the answer is returned as an error.
 func (d *Docker) Call(method string, req, resp any) error {
+	deadline := time.Now().Add(d.Retry)
+	for {
+		err := d.call(method, req, resp)
+		if err == nil || d.Retry == 0 || time.Now().After(deadline) || !transient(err) {
+			return err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// transient reports errors dockerd retries: the plugin cannot be reached
+// (being restarted) or is still starting. An answered error is final.
+func transient(err error) bool {
+	s := err.Error()
+	return strings.Contains(s, "connect:") || strings.Contains(s, "EOF") ||
+		strings.Contains(s, "connection reset") || strings.Contains(s, "twill is starting")
+}
+
+func (d *Docker) call(method string, req, resp any) error {
 	var body []byte
 	switch r := req.(type) {
 	case string:
@@ -121,20 +146,41 @@ type Container struct {
 	Addr     netip.Prefix
 }
 
-// Run does what `docker run --network n` does for the network part:
-// RequestAddress, CreateEndpoint, Join, then moves the interface into
-// namespace ns (created by the caller) as eth0 with the address and routes.
+// Run does what `docker run --network n` does for the network part (see
+// Start) and fails the test if any step fails.
 func (d *Docker) Run(t testing.TB, n Network, ns, endpoint string) Container {
 	t.Helper()
+	c, err := d.Start(n, ns, endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// Start does what dockerd does for the network part of starting a
+// container: RequestAddress, CreateEndpoint, Join, then moves the interface
+// into namespace ns (created by the caller) as eth0 with the address and
+// routes, then ProgramExternalConnectivity. A failing step undoes the earlier
+// ones, as dockerd does.
+func (d *Docker) Start(n Network, ns, endpoint string) (c Container, err error) {
+	c = Container{NS: ns, Endpoint: endpoint}
+	defer func() {
+		if err != nil {
+			d.Remove(n, c)
+		}
+	}()
 	var addr struct{ Address string }
 	if err := d.Call("IpamDriver.RequestAddress", map[string]any{"PoolID": n.PoolID, "Address": "", "Options": nil}, &addr); err != nil {
-		t.Fatal(err)
+		return c, err
+	}
+	if c.Addr, err = netip.ParsePrefix(addr.Address); err != nil {
+		return c, fmt.Errorf("RequestAddress answered %q: %w", addr.Address, err)
 	}
 	var ep struct{ Interface struct{ MacAddress string } }
 	if err := d.Call("NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": n.ID, "EndpointID": endpoint,
 		"Interface": map[string]any{"Address": addr.Address, "AddressIPv6": "", "MacAddress": ""},
 		"Options":   map[string]any{"com.docker.network.endpoint.exposedports": []any{}, "com.docker.network.portmap": []any{}}}, &ep); err != nil {
-		t.Fatal(err)
+		return c, err
 	}
 	var join struct {
 		InterfaceName struct{ SrcName, DstPrefix string }
@@ -146,57 +192,79 @@ func (d *Docker) Run(t testing.TB, n Network, ns, endpoint string) Container {
 		}
 	}
 	if err := d.Call("NetworkDriver.Join", map[string]any{"NetworkID": n.ID, "EndpointID": endpoint, "SandboxKey": "/var/run/docker/netns/" + endpoint[:12], "Options": map[string]any{}}, &join); err != nil {
-		t.Fatal(err)
+		return c, err
 	}
 	if join.InterfaceName.DstPrefix != "eth" || join.InterfaceName.SrcName == "" {
-		t.Fatalf("Join answered interface %+v, want SrcName and DstPrefix eth", join.InterfaceName)
-	}
-	if err := d.Call("NetworkDriver.ProgramExternalConnectivity", map[string]any{"NetworkID": n.ID, "EndpointID": endpoint, "Options": map[string]any{"com.docker.network.endpoint.exposedports": []any{}, "com.docker.network.portmap": []any{}}}, nil); err != nil {
-		t.Fatal(err)
+		return c, fmt.Errorf("Join answered interface %+v, want SrcName and DstPrefix eth", join.InterfaceName)
 	}
 	src := join.InterfaceName.SrcName
+	move := []string{"ip", "link", "set", src, "netns", ns}
 	if d.HostNS != "" {
-		Must(t, "ip", "-n", d.HostNS, "link", "set", src, "netns", ns)
-	} else {
-		Must(t, "ip", "link", "set", src, "netns", ns)
+		move = []string{"ip", "-n", d.HostNS, "link", "set", src, "netns", ns}
 	}
-	MustIn(t, ns, "ip", "link", "set", src, "name", "eth0")
+	steps := [][]string{move, {"ip", "-n", ns, "link", "set", src, "name", "eth0"}}
 	if ep.Interface.MacAddress != "" {
-		MustIn(t, ns, "ip", "link", "set", "eth0", "address", ep.Interface.MacAddress)
+		steps = append(steps, []string{"ip", "-n", ns, "link", "set", "eth0", "address", ep.Interface.MacAddress})
 	}
-	MustIn(t, ns, "ip", "addr", "add", addr.Address, "dev", "eth0")
-	MustIn(t, ns, "ip", "link", "set", "eth0", "up")
+	steps = append(steps, []string{"ip", "-n", ns, "addr", "add", addr.Address, "dev", "eth0"}, []string{"ip", "-n", ns, "link", "set", "eth0", "up"})
 	if join.Gateway != "" {
-		MustIn(t, ns, "ip", "route", "add", "default", "via", join.Gateway)
+		steps = append(steps, []string{"ip", "-n", ns, "route", "add", "default", "via", join.Gateway})
 	}
 	for _, r := range join.StaticRoutes {
 		if r.RouteType == 1 {
-			MustIn(t, ns, "ip", "route", "add", r.Destination, "dev", "eth0")
+			steps = append(steps, []string{"ip", "-n", ns, "route", "add", r.Destination, "dev", "eth0"})
 		} else {
-			MustIn(t, ns, "ip", "route", "add", r.Destination, "via", r.NextHop)
+			steps = append(steps, []string{"ip", "-n", ns, "route", "add", r.Destination, "via", r.NextHop})
 		}
 	}
-	return Container{NS: ns, Endpoint: endpoint, Addr: netip.MustParsePrefix(addr.Address)}
+	for _, st := range steps {
+		if out, err := exec.Command(st[0], st[1:]...).CombinedOutput(); err != nil {
+			return c, fmt.Errorf("%s: %w: %s", strings.Join(st, " "), err, bytes.TrimSpace(out))
+		}
+	}
+	if err := d.Call("NetworkDriver.ProgramExternalConnectivity", map[string]any{"NetworkID": n.ID, "EndpointID": endpoint, "Options": map[string]any{"com.docker.network.endpoint.exposedports": []any{}, "com.docker.network.portmap": []any{}}}, nil); err != nil {
+		return c, err
+	}
+	return c, nil
 }
 
-// Stop does what `docker rm -f` does for the network part. The interface is
-// deleted first, as the kernel does when a container's namespace goes away.
+// Stop does what `docker rm -f` does for the network part (see Remove) and
+// fails the test if any step fails.
 func (d *Docker) Stop(t testing.TB, n Network, c Container) {
 	t.Helper()
+	if err := d.Remove(n, c); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Remove does what dockerd does for the network part of removing a
+// container: the interface goes first, as the kernel deletes it with the
+// container's namespace, then RevokeExternalConnectivity, Leave,
+// DeleteEndpoint and, when an address was handed out, ReleaseAddress. It goes
+// on past a failing step and returns every error.
+func (d *Docker) Remove(n Network, c Container) error {
 	In(c.NS, "ip", "link", "del", "eth0")
-	for _, step := range []struct {
+	steps := []struct {
 		m   string
 		req map[string]any
 	}{
 		{"NetworkDriver.RevokeExternalConnectivity", map[string]any{"NetworkID": n.ID, "EndpointID": c.Endpoint}},
 		{"NetworkDriver.Leave", map[string]any{"NetworkID": n.ID, "EndpointID": c.Endpoint}},
 		{"NetworkDriver.DeleteEndpoint", map[string]any{"NetworkID": n.ID, "EndpointID": c.Endpoint}},
-		{"IpamDriver.ReleaseAddress", map[string]any{"PoolID": n.PoolID, "Address": c.Addr.Addr().String()}},
-	} {
-		if err := d.Call(step.m, step.req, nil); err != nil {
-			t.Fatal(err)
+	}
+	if c.Addr.IsValid() {
+		steps = append(steps, struct {
+			m   string
+			req map[string]any
+		}{"IpamDriver.ReleaseAddress", map[string]any{"PoolID": n.PoolID, "Address": c.Addr.Addr().String()}})
+	}
+	var errs []error
+	for _, st := range steps {
+		if err := d.Call(st.m, st.req, nil); err != nil {
+			errs = append(errs, err)
 		}
 	}
+	return errors.Join(errs...)
 }
 
 // ID makes a 64-hex-character Docker-style ID from a short name.
