@@ -78,7 +78,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		},
 		Leases: func() []control.Lease {
 			if n := up.Load(); n != nil {
-				return n.leaseViews()
+				return n.leaseViews(nil)
 			}
 			return nil
 		},

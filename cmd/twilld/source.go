@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"net/netip"
 	"os"
 	"strings"
 	"time"
@@ -41,40 +42,36 @@ func (n *node) Status(ctx context.Context) (control.Status, error) {
 	return s, nil
 }
 
+// Leases shows every host's lease; the other hosts' expiry is etcd's to
+// tell, so each of their leases' TTL is asked for.
 func (n *node) Leases(ctx context.Context) ([]control.Lease, error) {
-	ls := n.leaseViews()
-	// Other hosts' expiry is etcd's to tell: ask for each lease's TTL.
-	all := n.leases.AllLeases()
-	ttl := map[string]int64{}
-	for _, l := range all {
-		ttl[l.Subnet.String()] = l.EtcdLease
-	}
-	for i := range ls {
-		id := ttl[ls[i].Subnet]
-		if !ls[i].Expiry.IsZero() || id == 0 {
-			continue
+	return n.leaseViews(func(l subnet.Lease) time.Time {
+		if l.EtcdLease == 0 {
+			return time.Time{}
 		}
 		tctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		resp, err := n.cli.TimeToLive(tctx, clientv3.LeaseID(id))
-		cancel()
-		if err == nil && resp.TTL > 0 {
-			ls[i].Expiry = time.Now().Add(time.Duration(resp.TTL) * time.Second)
+		defer cancel()
+		resp, err := n.cli.TimeToLive(tctx, clientv3.LeaseID(l.EtcdLease))
+		if err != nil || resp.TTL <= 0 {
+			return time.Time{}
 		}
-	}
-	return ls, nil
+		return time.Now().Add(time.Duration(resp.TTL) * time.Second)
+	}), nil
 }
 
-func (n *node) leaseViews() []control.Lease {
-	own := map[string]subnet.Lease{}
+// leaseViews lists every host's lease. This host's carry their expiry; the
+// others' come from othersExpiry, when given.
+func (n *node) leaseViews(othersExpiry func(subnet.Lease) time.Time) []control.Lease {
+	own := map[netip.Prefix]subnet.Lease{}
 	for _, l := range n.leases.Leases() {
-		own[l.Subnet.String()] = l
+		own[l.Subnet] = l
 	}
 	var out []control.Lease
 	for _, l := range n.leases.AllLeases() {
-		_, self := own[l.Subnet.String()]
-		exp := l.Expiration
-		if o, ok := own[l.Subnet.String()]; ok {
-			exp = o.Expiration
+		o, self := own[l.Subnet]
+		exp := o.Expiration
+		if !self && othersExpiry != nil {
+			exp = othersExpiry(l)
 		}
 		out = append(out, control.Lease{
 			Network: l.Overlay.String(), Subnet: l.Subnet.String(), PublicIP: l.Attrs.PublicIP.String(),
