@@ -253,7 +253,11 @@ func TestOverlayAcrossThreeHosts(t *testing.T) {
 			mustPing(t, ctrs[n].NS, c4.Addr.Addr())
 			mustPing(t, c4.NS, ctrs[n].Addr.Addr())
 		}
-		t.Logf("h4 reachable from every host %v after its container started", time.Since(joined).Round(time.Millisecond))
+		reach := time.Since(joined)
+		t.Logf("h4 reachable from every host %v after its container started", reach.Round(time.Millisecond))
+		if reach > time.Second {
+			t.Errorf("h4 took %v to be reachable from every host; the datapath promises 1 s", reach)
+		}
 		<-done
 		ctrs[4] = c4
 	})
@@ -278,9 +282,17 @@ func TestOverlayAcrossThreeHosts(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Logf("h3's subnet gone from every peer table after %v", time.Since(start).Round(time.Millisecond))
+		gone := time.Since(start)
+		t.Logf("h3's subnet gone from every peer table after %v", gone.Round(time.Millisecond))
+		if gone > time.Second {
+			t.Errorf("h3's subnet took %v to leave the peer tables; the datapath promises 1 s", gone)
+		}
+		before := c.peers(c.hosts[1]).Drops["no_route"]
 		if ping(ctrs[1].NS, ctrs[3].Addr.Addr()) == nil {
 			t.Errorf("c1 still reaches c3 after h3 left")
+		}
+		if after := c.peers(c.hosts[1]).Drops["no_route"]; after <= before {
+			t.Errorf("pings to the departed host's subnet were not counted as no_route drops (%d before, %d after)", before, after)
 		}
 		mustPing(t, ctrs[1].NS, ctrs[2].Addr.Addr())
 	})
