@@ -3,7 +3,8 @@
 # missing. Asks first on a terminal unless --yes is given or CI is set.
 set -euo pipefail
 pkgs=(docker.io etcd-server etcd-client docker-registry busybox-static iperf3 docker-compose
-      iptables iproute2 ethtool kmod procps psmisc ca-certificates)
+      iptables iproute2 ethtool kmod procps psmisc ca-certificates
+      gcc libc6-dev) # gcc: flanneld's udp backend is cgo (scripts/flanneld.sh, the interop test)
 need=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
