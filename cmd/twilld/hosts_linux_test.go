@@ -294,6 +294,13 @@ func TestOverlayAcrossThreeHosts(t *testing.T) {
 		if after := c.peers(c.hosts[1]).Drops["no_route"]; after <= before {
 			t.Errorf("pings to the departed host's subnet were not counted as no_route drops (%d before, %d after)", before, after)
 		}
+		// twilld answers with ICMP net unreachable, as flanneld does: a
+		// connection to the departed host fails at once instead of timing out.
+		dial := time.Now()
+		out, err := testbed.In(ctrs[1].NS, "busybox", "nc", "-w", "5", ctrs[3].Addr.Addr().String(), "5001")
+		if took := time.Since(dial); err == nil || !strings.Contains(out, "Network is unreachable") || took > time.Second {
+			t.Errorf("connecting to the departed host: %v after %v: %s; want \"Network is unreachable\" at once", err, took.Round(time.Millisecond), out)
+		}
 		mustPing(t, ctrs[1].NS, ctrs[2].Addr.Addr())
 	})
 }

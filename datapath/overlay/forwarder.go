@@ -85,6 +85,8 @@ type Forwarder struct {
 	tab  atomic.Pointer[table]
 	ctr  counters
 
+	tunMu sync.Mutex // serialises TUN writes: the inbound loop's and outbound's ICMP replies
+
 	closing   atomic.Bool
 	closeOnce sync.Once
 	closeErr  error
@@ -156,6 +158,13 @@ func (f *Forwarder) path() string {
 		return "plain"
 	}
 	return "partial"
+}
+
+// writeTUN writes one packet to the TUN; both loops may call it.
+func (f *Forwarder) writeTUN(bufs [][]byte) error {
+	f.tunMu.Lock()
+	defer f.tunMu.Unlock()
+	return f.tun.Write(bufs)
 }
 
 // Path reports the active datapath: "offload", "plain" or "partial".
@@ -266,7 +275,8 @@ func (f *Forwarder) Stats() Stats {
 		PacketsIn: f.ctr.packetsIn.Load(), BytesIn: f.ctr.bytesIn.Load(),
 		TUNReads: f.ctr.tunReads.Load(), UDPSends: f.ctr.udpSends.Load(),
 		UDPRecvs: f.ctr.udpRecvs.Load(), TUNWrites: f.ctr.tunWrites.Load(),
-		Drops: make(map[string]uint64, numReasons-1),
+		UnreachablesSent: f.ctr.unreachables.Load(),
+		Drops:            make(map[string]uint64, numReasons-1),
 	}
 	for r := reasonNone + 1; r < numReasons; r++ {
 		s.Drops[r.String()] = f.ctr.drops[r].Load()

@@ -227,6 +227,7 @@ func TestRemovePeerIsImmediate(t *testing.T) {
 	must(t, a.fwd.RemovePeer(pfx("10.96.2.0/24"))) // already gone: success
 	a.tun.Inject(p)
 	waitDrop(t, a.fwd, DropNoRoute, 1)
+	expectUnreachable(t, a.tun, false, p) // the sender learns at once, as from flanneld
 	n.Send(ap("192.0.2.2:8285"), ap("192.0.2.1:8285"), mkUDP("10.96.2.7", "10.96.1.5", nil))
 	waitDrop(t, a.fwd, DropUnknownPeer, 1)
 	expectNothing(t, b.tun)
@@ -423,5 +424,89 @@ func TestRunStopsOnCancel(t *testing.T) {
 	}
 	if _, err := tun.Read(make([]byte, 10)); err == nil {
 		t.Fatal("tun still open after run")
+	}
+}
+
+// expectUnreachable reads the next packet the forwarder wrote to tun and
+// checks it is an ICMP net unreachable about offender from the first
+// address of the offender's destination /24, with valid checksums.
+func expectUnreachable(t *testing.T, tun *FakeTUN, vnet bool, offender []byte) {
+	t.Helper()
+	b := recv(t, tun)
+	if vnet {
+		if h := parseVnetHdr(b); h != (vnetHdr{}) {
+			t.Fatalf("ICMP reply with virtio header %+v, want all zero", h)
+		}
+		b = b[vnetHdrLen:]
+	}
+	if _, r := ipv4Header(b, true); r != reasonNone || !ipv4ChecksumOK(b[:20]) {
+		t.Fatalf("ICMP reply is not a valid IPv4 packet (%v): % x", r, b)
+	}
+	from := u32Addr(ipv4Dst(offender) &^ 0xff)
+	if u32Addr(ipv4Src(b)) != from || ipv4Dst(b) != ipv4Src(offender) || b[9] != protoICMP {
+		t.Fatalf("reply %s -> %s proto %d, want ICMP %s -> %s", u32Addr(ipv4Src(b)), u32Addr(ipv4Dst(b)), b[9], from, u32Addr(ipv4Src(offender)))
+	}
+	if b[20] != icmpDestUnreach || b[21] != icmpNetUnreach || csumFold(csumAdd(b[20:], 0)) != 0xffff {
+		t.Fatalf("ICMP type %d code %d checksum ok %v, want 3/0", b[20], b[21], csumFold(csumAdd(b[20:], 0)) == 0xffff)
+	}
+	want := offender[:min(len(offender), 20+icmpQuote)]
+	if !bytes.Equal(b[28:], want) {
+		t.Fatalf("quoted % x, want the offender's header and first 8 bytes % x", b[28:], want)
+	}
+}
+
+func TestUnreachableAnswers(t *testing.T) {
+	for _, vnet := range []bool{false, true} {
+		t.Run(map[bool]string{false: "plain", true: "vnet"}[vnet], func(t *testing.T) {
+			_, a, _ := twoFakeHosts(t, fakeOpts{vnet: vnet}, fakeOpts{vnet: vnet})
+			inject := func(p []byte) {
+				if vnet {
+					p = append(make([]byte, vnetHdrLen), p...)
+				}
+				a.tun.Inject(p)
+			}
+			drops := uint64(0)
+			noAnswer := func(what string, p []byte) {
+				t.Helper()
+				inject(p)
+				drops++
+				waitDrop(t, a.fwd, DropNoRoute, drops)
+				select {
+				case got := <-a.tun.Written():
+					t.Fatalf("%s was answered: % x", what, got[:min(len(got), 40)])
+				case <-time.After(50 * time.Millisecond):
+				}
+			}
+			// To a subnet nobody holds: TCP, UDP and ping get an answer.
+			for _, p := range [][]byte{
+				mkTCP("10.96.1.5", "10.96.9.7", 1, 0, 0x02, nil),
+				mkUDP("10.96.1.5", "10.96.9.7", []byte("0123456789")),
+				mkIPv4("10.96.1.5", "10.96.9.7", protoICMP, []byte{8, 0, 0, 0, 0, 1, 0, 1}),
+			} {
+				inject(p)
+				drops++
+				expectUnreachable(t, a.tun, vnet, p)
+			}
+			// ICMP errors, later fragments, and packets outside every overlay do not.
+			noAnswer("an ICMP error", mkIPv4("10.96.1.5", "10.96.9.7", protoICMP, []byte{3, 1, 0, 0, 0, 0, 0, 0}))
+			frag := mkUDP("10.96.1.5", "10.96.9.7", []byte("x"))
+			frag[6], frag[7] = 0, 10 // fragment offset 80
+			setIPv4Checksum(frag[:20])
+			noAnswer("a later fragment", frag)
+			noAnswer("a packet to no overlay", mkUDP("10.96.1.5", "10.200.0.1", nil))
+			noAnswer("a packet to a multicast group", mkUDP("10.96.1.5", "239.1.2.3", nil))
+			if got := a.fwd.Stats().UnreachablesSent; got != 3 {
+				t.Fatalf("UnreachablesSent = %d, want 3", got)
+			}
+			// A flood gets at most the burst, and every packet is still counted.
+			for i := 0; i < 3*unreachableBurst; i++ {
+				inject(mkUDP("10.96.1.5", "10.96.9.7", nil))
+			}
+			drops += 3 * unreachableBurst
+			waitDrop(t, a.fwd, DropNoRoute, drops)
+			if got := a.fwd.Stats().UnreachablesSent - 3; got < unreachableBurst-3 || got > unreachableBurst+2 {
+				t.Fatalf("%d answers to a flood of %d, want about the burst of %d", got, 3*unreachableBurst, unreachableBurst)
+			}
+		})
 	}
 }

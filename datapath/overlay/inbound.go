@@ -110,7 +110,7 @@ func (in *inbound) packet(t *table, sender uint32, d []byte) {
 // write writes one packet (possibly a coalesced super-packet) to the TUN.
 func (in *inbound) write(bufs [][]byte) {
 	in.f.ctr.tunWrites.Add(1)
-	if err := in.f.tun.Write(bufs); err != nil {
+	if err := in.f.writeTUN(bufs); err != nil {
 		n := uint64(1)
 		if len(bufs) > 2 {
 			n = uint64(len(bufs) - 1)

@@ -12,6 +12,11 @@ type outbound struct {
 	bufs  [][]byte  // gather list: header_i, payload_i
 	msgs  []Message // one sendmmsg batch
 	plain []Message // the same segments one per message, after ErrNoSegmentation
+
+	icmp          []byte    // an ICMP net unreachable being sent back (unreach.go)
+	reply         [2][]byte // its gather list: [virtio_net_hdr] packet
+	zero          [vnetHdrLen]byte
+	unreachTokens tokens
 }
 
 func newOutbound(f *Forwarder) *outbound {
@@ -23,6 +28,7 @@ func newOutbound(f *Forwarder) *outbound {
 		bufs:  make([][]byte, 2*maxSegments),
 		msgs:  make([]Message, maxSegments),
 		plain: make([]Message, maxSegments),
+		icmp:  make([]byte, icmpMaxLen),
 	}
 }
 
@@ -50,13 +56,18 @@ func (o *outbound) handle(b []byte) {
 		pkt = b[vnetHdrLen:]
 	}
 	gso := h.gsoType&^vnetGSOECN != vnetGSONone
-	if _, r := ipv4Header(pkt, !gso); r != reasonNone {
+	ihl, r := ipv4Header(pkt, !gso)
+	if r != reasonNone {
 		o.f.ctr.drop(r, 1)
 		return
 	}
-	p, r := o.f.tab.Load().outbound(ipv4Src(pkt), ipv4Dst(pkt))
+	t := o.f.tab.Load()
+	p, r := t.outbound(ipv4Src(pkt), ipv4Dst(pkt))
 	if r != reasonNone {
 		o.f.ctr.drop(r, 1)
+		if r == reasonNoRoute {
+			o.unreachable(t, pkt, ihl)
+		}
 		return
 	}
 	if !gso {

@@ -55,6 +55,7 @@ type counters struct {
 	packetsIn, bytesIn   atomic.Uint64 // packets written to the TUN
 	tunReads, udpSends   atomic.Uint64 // system calls, for the batching ratio
 	udpRecvs, tunWrites  atomic.Uint64
+	unreachables         atomic.Uint64 // ICMP net unreachable sent back for no_route drops
 }
 
 func (c *counters) drop(r reason, n uint64) { c.drops[r].Add(n) }
@@ -70,6 +71,7 @@ type Stats struct {
 	PacketsIn, BytesIn         uint64            // packets and bytes delivered to the TUN
 	TUNReads, UDPSends         uint64            // system calls on the outbound side
 	UDPRecvs, TUNWrites        uint64            // system calls on the inbound side
+	UnreachablesSent           uint64            // ICMP net unreachable sent back for no_route drops
 	Drops                      map[string]uint64 // packets dropped, by reason (every reason present)
 	Peers                      []PeerStats
 }
