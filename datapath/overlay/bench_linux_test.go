@@ -27,7 +27,8 @@ import (
 // prints a markdown table of medians with the ratios to VXLAN.
 // TWILL_BENCH_ROUNDS (default 3) and TWILL_BENCH_SECONDS (default 5) set
 // the size; TWILL_BENCH_MODES (comma-separated, default
-// underlay,vxlan,plain,offload) picks the paths; TWILL_BENCH_OUT names a
+// underlay,vxlan,plain,offload; "offload1p" is the fast path with
+// GOMAXPROCS=1 in each forwarder) picks the paths; TWILL_BENCH_OUT names a
 // file the table is also written to; TWILL_BENCH_PIN=0 runs the forwarders
 // and ping on CPU 0 (a diagnostic, see pinned).
 func BenchmarkDatapath(b *testing.B) {
@@ -109,8 +110,20 @@ func (tp *testTopo) benchRound(b *testing.B, mode string, secs int, r *benchResu
 			testbed.Must(b, "ip", "-n", hostNS(i+1), "route", "replace", fmt.Sprintf("10.96.%d.0/24", other),
 				"via", fmt.Sprintf("10.98.0.%d", other), "dev", "two-vx")
 		}
-	case "plain", "offload":
-		off := map[string]string{"plain": OffloadOff, "offload": OffloadAuto}[mode]
+	case "plain", "offload", "offload1p":
+		off := map[string]string{"plain": OffloadOff, "offload": OffloadAuto, "offload1p": OffloadAuto}[mode]
+		if mode == "offload1p" {
+			// The forwarder processes inherit the environment at start.
+			old, had := os.LookupEnv("GOMAXPROCS")
+			os.Setenv("GOMAXPROCS", "1")
+			defer func() {
+				if had {
+					os.Setenv("GOMAXPROCS", old)
+				} else {
+					os.Unsetenv("GOMAXPROCS")
+				}
+			}()
+		}
 		tp.setContainerMTU(1, testMTU)
 		tp.setContainerMTU(2, testMTU)
 		fwds = append(fwds, tp.startForwarder(1, off, 2), tp.startForwarder(2, off, 1))
@@ -250,10 +263,10 @@ func benchTable(modes []string, res map[string]*benchResult, rounds, secs int) s
 		r := res[m]
 		name := map[string]string{
 			"underlay": "direct underlay (host to host)", "vxlan": "kernel VXLAN",
-			"plain": "twill plain (" + r.path + ")", "offload": "twill fast (" + r.path + ")",
+			"plain": "twill plain (" + r.path + ")", "offload": "twill fast (" + r.path + ")", "offload1p": "twill fast GOMAXPROCS=1",
 		}[m]
 		cpu := "–"
-		if m == "plain" || m == "offload" {
+		if m == "plain" || m == "offload" || m == "offload1p" {
 			cpu = fmt.Sprintf("%.0f / %.0f", median(r.cpu1), median(r.cpu4))
 		}
 		fmt.Fprintf(&sb, "| %s | %.2f | %.2f | %s | %s | %.3f | %s | %s | %.0f |\n", name,
