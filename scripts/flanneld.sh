@@ -13,6 +13,6 @@ if [ -x "$out" ] && [ "$out" -nt tools/flanneld/go.sum ]; then
 fi
 command -v gcc >/dev/null || { echo "building flanneld needs gcc (its udp backend is cgo): bash scripts/install-deps.sh" >&2; exit 1; }
 mkdir -p .cache
-(cd tools/flanneld && CGO_ENABLED=1 GOFLAGS=-mod=readonly go build -trimpath -o "$out.tmp" github.com/flannel-io/flannel)
+(cd tools/flanneld && CGO_ENABLED=1 GOFLAGS="${GOFLAGS:-} -mod=readonly" go build -trimpath -o "$out.tmp" github.com/flannel-io/flannel)
 mv "$out.tmp" "$out"
 echo "$out"
