@@ -56,6 +56,15 @@ type PortMap struct {
 	hostPortEnd uint16
 }
 
+// String renders the mapping as Docker does: "0.0.0.0:8080->80/tcp".
+func (p PortMap) String() string {
+	host := "0.0.0.0"
+	if p.HostIP.IsValid() {
+		host = p.HostIP.String()
+	}
+	return fmt.Sprintf("%s:%d->%d/%s", host, p.HostPort, p.Container.Port(), p.Proto)
+}
+
 func networkPut(n *network) store.Op {
 	v, _ := json.Marshal(n) // netip types cannot fail to marshal
 	return store.Op{Bucket: networkBucket, Key: n.ID, Value: v}

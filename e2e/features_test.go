@@ -86,6 +86,11 @@ func (s *scenario) publish(t *testing.T) {
 		_, err := h2.docker("exec", "h2-a", "timeout", "5", "wget", "-q", "-O", "/dev/null", url)
 		return err
 	})
+	// Docker shows no ports for a remote driver's containers; twillctl does.
+	out, err := h1.twillctl("endpoints")
+	if err != nil || !strings.Contains(out, "0.0.0.0:8080->80/tcp") {
+		t.Errorf("twillctl endpoints does not list the published port: %v\n%s", err, out)
+	}
 }
 
 // compose: examples/compose runs a web service on host 1 and a client on host 2

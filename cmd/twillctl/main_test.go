@@ -46,7 +46,11 @@ func (f *fakeSource) Networks(ctx context.Context) ([]control.Network, error) {
 }
 
 func (f *fakeSource) Endpoints(ctx context.Context) ([]control.Endpoint, error) {
-	return []control.Endpoint{{ID: "896c02fc00112233aabb", Network: "5c87f637aa11bb22cc33", Address: "10.96.7.2/24", MAC: "02:42:0a:60:07:02", Veth: "twv896c02fc"}}, nil
+	return []control.Endpoint{
+		{ID: "896c02fc00112233aabb", Network: "5c87f637aa11bb22cc33", Address: "10.96.7.2/24", MAC: "02:42:0a:60:07:02", Veth: "twv896c02fc",
+			Ports: []string{"0.0.0.0:8080->80/tcp", "10.0.0.5:5353->53/udp"}},
+		{ID: "a1b2c3d4e5f60718293a", Network: "5c87f637aa11bb22cc33", Address: "10.96.7.3/24", MAC: "02:42:0a:60:07:03", Veth: "twva1b2c3d4", Ports: []string{}},
+	}, nil
 }
 
 func (f *fakeSource) Leave(ctx context.Context) error {
@@ -97,7 +101,7 @@ func TestJSONSchema(t *testing.T) {
 		"peers":     {"peers", "drops"},
 		"leases":    {"network", "subnet", "public_ip", "backend_type", "expiry", "self", "flanneld"},
 		"networks":  {"id", "bridge", "overlay", "subnet", "gateway", "internal", "mtu", "endpoints"},
-		"endpoints": {"id", "network", "address", "mac", "veth"},
+		"endpoints": {"id", "network", "address", "mac", "veth", "ports"},
 	}
 	for cmd, keys := range want {
 		var out, errb bytes.Buffer

@@ -105,9 +105,13 @@ func printNetworks(w io.Writer, ns []control.Network) {
 
 func printEndpoints(w io.Writer, es []control.Endpoint) {
 	t := newTab(w)
-	fmt.Fprintln(t, "ENDPOINT ID\tNETWORK ID\tADDRESS\tMAC\tVETH")
+	fmt.Fprintln(t, "ENDPOINT ID\tNETWORK ID\tADDRESS\tMAC\tVETH\tPORTS")
 	for _, e := range es {
-		fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%s\n", short(e.ID), short(e.Network), e.Address, e.MAC, e.Veth)
+		ports := strings.Join(e.Ports, ", ")
+		if ports == "" {
+			ports = "-"
+		}
+		fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%s\t%s\n", short(e.ID), short(e.Network), e.Address, e.MAC, e.Veth, ports)
 	}
 	t.Flush()
 }

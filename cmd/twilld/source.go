@@ -108,7 +108,11 @@ func (n *node) Networks(ctx context.Context) ([]control.Network, error) {
 func (n *node) Endpoints(ctx context.Context) ([]control.Endpoint, error) {
 	var out []control.Endpoint
 	for _, x := range n.drv.Endpoints() {
-		out = append(out, control.Endpoint{ID: x.ID, Network: x.Network, Address: x.Address.String(), MAC: x.MAC, Veth: x.Veth})
+		ports := []string{}
+		for _, p := range x.Ports {
+			ports = append(ports, p.String())
+		}
+		out = append(out, control.Endpoint{ID: x.ID, Network: x.Network, Address: x.Address.String(), MAC: x.MAC, Veth: x.Veth, Ports: ports})
 	}
 	return out, nil
 }

@@ -87,6 +87,11 @@ type Endpoint struct {
 	Address string `json:"address"`
 	MAC     string `json:"mac"`
 	Veth    string `json:"veth"`
+	// Ports are the published ports as Docker writes them, e.g.
+	// "0.0.0.0:8080->80/tcp". Docker 20.10 shows none for a remote driver's
+	// containers (docker port and docker ps stay empty), so this is where
+	// they can be seen.
+	Ports []string `json:"ports"`
 }
 
 // Source is what the daemon exposes; cmd/twilld implements it.
