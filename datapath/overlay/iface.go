@@ -71,3 +71,21 @@ var ErrInvalid = errors.New("invalid argument")
 
 // ErrClosed is returned by updates after Close.
 var ErrClosed = errors.New("forwarder closed")
+
+// plainFrame gathers one packet that needs no offload for a TUN write,
+// behind an all-zero virtio_net_hdr when the TUN has IFF_VNET_HDR. Each
+// loop owns one, so framing allocates nothing.
+type plainFrame struct {
+	vnet bool
+	zero [vnetHdrLen]byte
+	bufs [2][]byte
+}
+
+func (p *plainFrame) of(pkt []byte) [][]byte {
+	if p.vnet {
+		p.bufs[0], p.bufs[1] = p.zero[:], pkt
+		return p.bufs[:2]
+	}
+	p.bufs[0] = pkt
+	return p.bufs[:1]
+}

@@ -17,13 +17,13 @@ type inbound struct {
 	msgs   []Message
 	bufs   [][]byte // one receive buffer per message, referenced by msgs
 	co     *coalescer
-	single [2][]byte
-	zero   [vnetHdrLen]byte
+	single plainFrame
 	now    int64
 }
 
 func newInbound(f *Forwarder) *inbound {
 	in := &inbound{f: f, vnet: f.tun.VnetHdr(), mtu: f.cfg.MTU}
+	in.single.vnet = in.vnet
 	batch, size := plainBatch, f.cfg.MTU+1 // one spare byte reveals oversize datagrams
 	if f.conn.GRO() {
 		batch, size = groBatch, maxIPPacket
@@ -99,12 +99,8 @@ func (in *inbound) packet(t *table, sender uint32, d []byte) {
 			return
 		}
 		in.co.flush()
-		in.single[0], in.single[1] = in.zero[:], d
-		in.write(in.single[:2])
-		return
 	}
-	in.single[0] = d
-	in.write(in.single[:1])
+	in.write(in.single.of(d))
 }
 
 // write writes one packet (possibly a coalesced super-packet) to the TUN.

@@ -13,9 +13,8 @@ type outbound struct {
 	msgs  []Message // one sendmmsg batch
 	plain []Message // the same segments one per message, after ErrNoSegmentation
 
-	icmp          []byte    // an ICMP net unreachable being sent back (unreach.go)
-	reply         [2][]byte // its gather list: [virtio_net_hdr] packet
-	zero          [vnetHdrLen]byte
+	icmp          []byte     // an ICMP net unreachable being sent back (unreach.go)
+	reply         plainFrame // its gather list for the TUN write
 	unreachTokens tokens
 }
 
@@ -29,6 +28,7 @@ func newOutbound(f *Forwarder) *outbound {
 		msgs:  make([]Message, maxSegments),
 		plain: make([]Message, maxSegments),
 		icmp:  make([]byte, icmpMaxLen),
+		reply: plainFrame{vnet: f.tun.VnetHdr()},
 	}
 }
 

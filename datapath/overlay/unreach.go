@@ -21,13 +21,14 @@ const (
 
 // unreachable answers pkt (read from the TUN, destination dst in no peer's
 // subnet) with an ICMP net unreachable. It does not answer ICMP errors
-// (RFC 1122 3.2.2), later fragments, or packets from or to non-unicast
-// addresses, and sends at most unreachablePerSec a second.
+// (RFC 1122 3.2.2), later fragments, or packets to addresses outside every
+// overlay (the source is inside one: table.outbound checked it), and sends
+// at most unreachablePerSec a second.
 func (o *outbound) unreachable(t *table, pkt []byte, ihl int) {
 	src, dst := ipv4Src(pkt), ipv4Dst(pkt)
 	ov := t.overlayOf(dst)
-	if ov < 0 || !unicast(src) || !unicast(dst) {
-		return
+	if ov < 0 {
+		return // outside every overlay (multicast, broadcast, ...): nothing to say
 	}
 	// The answer comes from the unreachable subnet's first address (where
 	// its host's twill0 was), not from this host's own twill0: the kernel
@@ -65,21 +66,11 @@ func (o *outbound) unreachable(t *table, pkt []byte, ihl int) {
 	b[20], b[21] = icmpDestUnreach, icmpNetUnreach
 	copy(b[28:], quoted)
 	binary.BigEndian.PutUint16(b[22:24], ^csumFold(csumAdd(b[20:n], 0)))
-	o.reply[0], o.reply[1] = o.zero[:0], b
-	if o.vnet {
-		o.reply[0] = o.zero[:] // a plain packet: an all-zero virtio_net_hdr
-	}
-	if err := o.f.writeTUN(o.reply[:]); err != nil {
+	if err := o.f.writeTUN(o.reply.of(b)); err != nil {
 		o.f.ctr.drop(reasonTUNWriteError, 1)
 		return
 	}
 	o.f.ctr.unreachables.Add(1)
-}
-
-// unicast reports whether a is usable as a host address: not 0.0.0.0/8,
-// multicast, reserved or the limited broadcast.
-func unicast(a uint32) bool {
-	return a>>24 != 0 && a>>28 < 0xe
 }
 
 // tokens is a token bucket refilled at unreachablePerSec, used by one
