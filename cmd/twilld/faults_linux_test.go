@@ -103,7 +103,7 @@ func TestKillRestartKeepsSubnetAddressesAndTraffic(t *testing.T) {
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		sink, _ = testbed.In(c2.NS, "env", "TWILL_TEST_ROLE=gapsink", os.Args[0], c2.Addr.Addr().String()+":7000", window)
+		sink, _ = testbed.In(c2.NS, "env", "TWILL_TEST_ROLE=udpsink", os.Args[0], c2.Addr.Addr().String()+":7000", window)
 	}()
 	time.Sleep(300 * time.Millisecond)
 	go func() {

@@ -27,10 +27,8 @@ func TestMain(m *testing.M) {
 	case "source":
 		n, _ := strconv.ParseInt(os.Args[2], 10, 64)
 		os.Exit(roleSource(os.Args[1], n))
-	case "udpcount":
-		os.Exit(roleUDPCount(os.Args[1], os.Args[2]))
-	case "gapsink":
-		os.Exit(roleGapSink(os.Args[1], os.Args[2]))
+	case "udpsink":
+		os.Exit(roleUDPSink(os.Args[1], os.Args[2]))
 	case "udpsend":
 		count, _ := strconv.Atoi(os.Args[2])
 		size, _ := strconv.Atoi(os.Args[3])
@@ -106,28 +104,6 @@ func roleSource(addr string, n int64) int {
 	return 0
 }
 
-// roleUDPCount listens on addr for duration and prints how many datagrams arrived.
-func roleUDPCount(addr, duration string) int {
-	d, _ := time.ParseDuration(duration)
-	c, err := net.ListenPacket("udp", addr)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	fmt.Println("listening")
-	c.SetReadDeadline(time.Now().Add(d))
-	buf := make([]byte, 65536)
-	n := 0
-	for {
-		if _, _, err := c.ReadFrom(buf); err != nil {
-			break
-		}
-		n++
-	}
-	fmt.Println(n)
-	return 0
-}
-
 // roleForge sends tunnel datagrams to target (IP:port) whose payloads claim
 // to be IPv4/UDP packets from src to dst:port, plus malformed ones:
 // forge TARGET SRC DST DSTPORT COUNT
@@ -177,9 +153,9 @@ func ipv4UDP(src, dst netip.Addr, port uint16, payload []byte) []byte {
 	return p
 }
 
-// roleGapSink receives datagrams on addr for duration and prints how many
+// roleUDPSink receives datagrams on addr for duration and prints how many
 // arrived and the longest silence between two of them, in milliseconds.
-func roleGapSink(addr, duration string) int {
+func roleUDPSink(addr, duration string) int {
 	d, _ := time.ParseDuration(duration)
 	c, err := net.ListenPacket("udp", addr)
 	if err != nil {
@@ -188,7 +164,7 @@ func roleGapSink(addr, duration string) int {
 	}
 	fmt.Println("listening")
 	c.SetReadDeadline(time.Now().Add(d))
-	buf := make([]byte, 64)
+	buf := make([]byte, 65536)
 	var n int
 	var last time.Time
 	var worst time.Duration
