@@ -24,6 +24,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/twill-net/twill/internal/testbed"
 )
 
 // requireRoot skips unless the process holds CAP_NET_ADMIN and the tools
@@ -56,25 +58,11 @@ type testNS struct {
 	nl   *netlink.Handle
 }
 
-// newTestNS makes namespace twf-<tag>-<id> with `ip netns add` (no
-// goroutine of ours switches namespace for it), brings lo up and removes
-// the namespace when the test ends, also on failure.
+// newTestNS makes namespace twf-<id>-<tag>-<random> (testbed.Netns: `ip
+// netns add`, removed when the test ends, also on failure) and brings lo up.
 func newTestNS(t *testing.T, id, tag string) *testNS {
 	t.Helper()
-	name := "twf-" + id + "-" + tag
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add %s: %v: %s", name, err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			t.Errorf("ip netns del %s: %v: %s", name, err, out)
-		}
-	})
-	h, err := netns.GetFromName(name)
-	if err != nil {
-		t.Fatalf("opening netns %s: %v", name, err)
-	}
-	t.Cleanup(func() { h.Close() })
+	name, h := testbed.Netns(t, "twf-"+id+"-"+tag+"-")
 	nl, err := netlink.NewHandleAt(h)
 	if err != nil {
 		t.Fatalf("netlink in %s: %v", name, err)
