@@ -1,13 +1,11 @@
 package etcdserver_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
 	"net/netip"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,28 +15,11 @@ import (
 
 	"github.com/twill-net/twill/internal/etcdserver"
 	"github.com/twill-net/twill/internal/etcdserver/etcdtest"
+	"github.com/twill-net/twill/internal/testbed"
 )
 
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
-}
-
-// syncBuffer is a bytes.Buffer safe for the concurrent writes of a logger.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func dial(t *testing.T, s *etcdserver.Server) *clientv3.Client {
@@ -52,7 +33,7 @@ func dial(t *testing.T, s *etcdserver.Server) *clientv3.Client {
 
 func TestStartServesKeepsDataAndClosesQuietly(t *testing.T) {
 	dir := t.TempDir()
-	var logs syncBuffer
+	var logs testbed.LogBuffer
 	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -1,14 +1,12 @@
 package subnet
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
 	"net/netip"
 	"os"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -19,6 +17,7 @@ import (
 
 	"github.com/twill-net/twill/internal/etcdserver"
 	"github.com/twill-net/twill/internal/etcdserver/etcdtest"
+	"github.com/twill-net/twill/internal/testbed"
 )
 
 // The package's tests share one real in-process etcd; each test works under
@@ -69,41 +68,8 @@ func testPrefix(t testing.TB) string {
 	return fmt.Sprintf("/t%d/%s", prefixSeq.Add(1), name)
 }
 
-// logBuffer collects a test's log lines.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-// count returns how many lines contain all of subs.
-func (l *logBuffer) count(subs ...string) int {
-	n := 0
-next:
-	for _, line := range strings.Split(l.String(), "\n") {
-		for _, s := range subs {
-			if !strings.Contains(line, s) {
-				continue next
-			}
-		}
-		n++
-	}
-	return n
-}
-
-func testLogger(t testing.TB) (*slog.Logger, *logBuffer) {
-	buf := &logBuffer{}
+func testLogger(t testing.TB) (*slog.Logger, *testbed.LogBuffer) {
+	buf := &testbed.LogBuffer{}
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("manager log:\n%s", buf.String())

@@ -131,14 +131,14 @@ func TestUnreadableLeasesAreIgnoredWithOneLogLineEach(t *testing.T) {
 		t.Fatal(err)
 	}
 	for k := range garbage {
-		if n := buf.count("level=WARN", k); n != 1 {
+		if n := buf.Count("level=WARN", k); n != 1 {
 			t.Errorf("%s logged %d times, want once", k, n)
 		}
 	}
-	if n := buf.count("level=WARN", p+"/subnets/10.96.9.0-24&zz"); n != 1 {
+	if n := buf.Count("level=WARN", p+"/subnets/10.96.9.0-24&zz"); n != 1 {
 		t.Errorf("bad key via watch logged %d times, want once", n)
 	}
-	if n := buf.count("level=WARN", p+"/subnets/"+subnetKey(good)); n != 1 {
+	if n := buf.Count("level=WARN", p+"/subnets/"+subnetKey(good)); n != 1 {
 		t.Errorf("garbage update logged %d times, want once", n)
 	}
 }
@@ -211,7 +211,7 @@ func TestCompactionDoesNotLoseEvents(t *testing.T) {
 	// And the watch is live again.
 	late := newManager(t, opts(t, p))
 	nextEvent(t, ev, time.Second, func(e Event) bool { return e.Type == Added && e.Lease.Subnet == late.Leases()[0].Subnet })
-	if buf.count("fell behind etcd compaction") != 1 {
+	if buf.Count("fell behind etcd compaction") != 1 {
 		t.Errorf("the watch did not go through the compaction path")
 	}
 	o.cancel() // o.rev belongs to the loop
