@@ -40,7 +40,9 @@ type udpConn struct {
 	rcnt   int
 	rn     int
 	rerr   syscall.Errno
-	readFn func(fd uintptr) bool
+	readFn func(fd uintptr)
+	ready  readyWait
+	waitFn func(fd uintptr) bool
 
 	whdrs   []unix.Mmsghdr
 	wiov    []unix.Iovec
@@ -102,7 +104,7 @@ func listenUDP(addr netip.Addr, port uint16, bufSize int, offload bool) (*udpCon
 		c.file.Close()
 		return nil, fmt.Errorf("udp %s: %w", where, err)
 	}
-	c.readFn, c.writeFn = c.doRead, c.doWrite
+	c.readFn, c.waitFn, c.writeFn = c.doRead, c.ready.check, c.doWrite
 	return c, nil
 }
 
@@ -110,16 +112,20 @@ func (c *udpConn) GSO() bool { return c.gso.Load() }
 func (c *udpConn) GRO() bool { return c.gro }
 
 // The fd is non-blocking: these system calls never sleep in the kernel.
-func (c *udpConn) doRead(fd uintptr) bool {
+func (c *udpConn) doRead(fd uintptr) {
 	n, _, e := unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&c.rhdrs[0])), uintptr(c.rcnt), 0, 0, 0)
-	if e == unix.EAGAIN || e == unix.EINTR {
-		return false
-	}
 	c.rn, c.rerr = int(n), e
-	return true
 }
 
-func (c *udpConn) ReadBatch(msgs []Message) (int, error) {
+func (c *udpConn) WaitRead() error {
+	c.ready.reset()
+	if err := c.rc.Read(c.waitFn); err != nil {
+		return fmt.Errorf("receiving udp: %w", err)
+	}
+	return nil
+}
+
+func (c *udpConn) TryReadBatch(msgs []Message) (int, error) {
 	n := min(len(msgs), len(c.rhdrs))
 	for i := 0; i < n; i++ {
 		b := msgs[i].Buffers[0]
@@ -134,10 +140,16 @@ func (c *udpConn) ReadBatch(msgs []Message) (int, error) {
 		}
 	}
 	c.rcnt = n
-	if err := c.rc.Read(c.readFn); err != nil {
+	// Control, not Read: it does not take the fd's read lock, which a
+	// WaitRead in another goroutine holds while it sleeps.
+	if err := c.rc.Control(c.readFn); err != nil {
 		return 0, fmt.Errorf("receiving udp: %w", err)
 	}
-	if c.rerr != 0 {
+	switch c.rerr {
+	case 0:
+	case unix.EAGAIN, unix.EINTR:
+		return 0, nil
+	default:
 		return 0, fmt.Errorf("receiving udp: %w", c.rerr)
 	}
 	for i := 0; i < c.rn; i++ {

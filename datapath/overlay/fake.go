@@ -15,8 +15,15 @@ var errFakeClosed = errors.New("fake device closed")
 type FakeTUN struct {
 	name string
 	vnet bool
-	in   chan []byte
-	out  chan []byte
+	// Answer, when set before use, plays the receiving container: the
+	// packets it returns for a written packet are queued on the device
+	// before Write returns, as the kernel queues an echo reply or an ACK.
+	Answer func(written []byte) [][]byte
+	out    chan []byte
+
+	qmu   sync.Mutex
+	queue [][]byte      // injected, not yet read
+	ready chan struct{} // signalled on Inject, like the fd's readiness
 
 	closeOnce sync.Once
 	done      chan struct{}
@@ -32,7 +39,7 @@ var _ TUN = (*FakeTUN)(nil)
 func NewFakeTUN(name string, vnet bool) *FakeTUN {
 	return &FakeTUN{
 		name: name, vnet: vnet,
-		in: make(chan []byte, 1024), out: make(chan []byte, 4096),
+		out: make(chan []byte, 4096), ready: make(chan struct{}, 1),
 		done: make(chan struct{}), overlays: map[netip.Prefix]netip.Prefix{},
 	}
 }
@@ -41,7 +48,15 @@ func (t *FakeTUN) Name() string  { return t.name }
 func (t *FakeTUN) VnetHdr() bool { return t.vnet }
 
 // Inject queues pkt as if the kernel had routed it into the device.
-func (t *FakeTUN) Inject(pkt []byte) { t.in <- append([]byte(nil), pkt...) }
+func (t *FakeTUN) Inject(pkt []byte) {
+	t.qmu.Lock()
+	t.queue = append(t.queue, append([]byte(nil), pkt...))
+	t.qmu.Unlock()
+	select {
+	case t.ready <- struct{}{}:
+	default:
+	}
+}
 
 // Written is the stream of packets the forwarder wrote (concatenated buffers).
 func (t *FakeTUN) Written() <-chan []byte { return t.out }
@@ -57,13 +72,30 @@ func (t *FakeTUN) Overlays() map[netip.Prefix]netip.Prefix {
 	return m
 }
 
-func (t *FakeTUN) Read(b []byte) (int, error) {
+func (t *FakeTUN) WaitRead() error {
 	select {
-	case p := <-t.in:
-		return copy(b, p), nil
+	case <-t.ready:
+		return nil
+	case <-t.done:
+		return errFakeClosed
+	}
+}
+
+func (t *FakeTUN) TryRead(b []byte) (int, error) {
+	select {
 	case <-t.done:
 		return 0, errFakeClosed
+	default:
 	}
+	t.qmu.Lock()
+	defer t.qmu.Unlock()
+	if len(t.queue) == 0 {
+		return 0, nil
+	}
+	p := t.queue[0]
+	t.queue[0] = nil
+	t.queue = t.queue[1:]
+	return copy(b, p), nil
 }
 
 func (t *FakeTUN) Write(bufs [][]byte) error {
@@ -73,10 +105,15 @@ func (t *FakeTUN) Write(bufs [][]byte) error {
 	}
 	select {
 	case t.out <- p:
-		return nil
 	case <-t.done:
 		return errFakeClosed
 	}
+	if t.Answer != nil {
+		for _, a := range t.Answer(p) {
+			t.Inject(a)
+		}
+	}
+	return nil
 }
 
 func (t *FakeTUN) AddOverlay(overlay, local netip.Prefix) error {
@@ -123,8 +160,10 @@ type FakeConn struct {
 	gso    atomic.Bool
 	gro    bool
 	refuse bool
-	in     chan []fakeDatagram // one element per sent message: a GSO train arrives whole
-	queue  []fakeDatagram      // received, not yet read; owned by the reader
+
+	qmu   sync.Mutex
+	queue []fakeDatagram // received, not yet read; a GSO train arrives whole
+	ready chan struct{}  // signalled on arrival, like the fd's readiness
 
 	closeOnce sync.Once
 	done      chan struct{}
@@ -134,7 +173,7 @@ var _ PacketConn = (*FakeConn)(nil)
 
 // Listen attaches a conn at addr.
 func (n *FakeNetwork) Listen(addr netip.AddrPort, gso, gro bool) *FakeConn {
-	c := &FakeConn{net: n, addr: addr, gro: gro, in: make(chan []fakeDatagram, 8192), done: make(chan struct{})}
+	c := &FakeConn{net: n, addr: addr, gro: gro, ready: make(chan struct{}, 1), done: make(chan struct{})}
 	c.gso.Store(gso)
 	n.mu.Lock()
 	n.conns[addr] = c
@@ -155,11 +194,22 @@ func (n *FakeNetwork) deliver(to netip.AddrPort, train []fakeDatagram) {
 	if c == nil {
 		return
 	}
+	c.qmu.Lock()
+	if len(c.queue)+len(train) > fakeConnQueue {
+		c.qmu.Unlock()
+		return
+	}
+	c.queue = append(c.queue, train...)
+	c.qmu.Unlock()
 	select {
-	case c.in <- train:
+	case c.ready <- struct{}{}:
 	default:
 	}
 }
+
+// fakeConnQueue is how many datagrams a FakeConn holds unread, its
+// socket buffer.
+const fakeConnQueue = 1 << 16
 
 // RefuseSegmentation makes the conn claim GSO until the first segmented
 // send, which it refuses with ErrNoSegmentation, as a kernel whose device
@@ -196,62 +246,58 @@ func (c *FakeConn) WriteBatch(msgs []Message) (int, error) {
 	return len(msgs), nil
 }
 
-func (c *FakeConn) next(block bool) (fakeDatagram, bool) {
+// next pops the oldest queued datagram; the caller holds qmu.
+func (c *FakeConn) next() (fakeDatagram, bool) {
 	if len(c.queue) == 0 {
-		if block {
-			select {
-			case t := <-c.in:
-				c.queue = append(c.queue, t...)
-			case <-c.done:
-				return fakeDatagram{}, false
-			}
-		} else {
-			select {
-			case t := <-c.in:
-				c.queue = append(c.queue, t...)
-			default:
-				return fakeDatagram{}, false
-			}
-		}
+		return fakeDatagram{}, false
 	}
 	d := c.queue[0]
+	c.queue[0] = fakeDatagram{}
 	c.queue = c.queue[1:]
 	return d, true
 }
 
-func (c *FakeConn) ReadBatch(msgs []Message) (int, error) {
-	d, ok := c.next(true)
-	if !ok {
-		return 0, errFakeClosed
+func (c *FakeConn) WaitRead() error {
+	select {
+	case <-c.ready:
+		return nil
+	case <-c.done:
+		return errFakeClosed
 	}
+}
+
+func (c *FakeConn) TryReadBatch(msgs []Message) (int, error) {
+	select {
+	case <-c.done:
+		return 0, errFakeClosed
+	default:
+	}
+	c.qmu.Lock()
+	defer c.qmu.Unlock()
 	n := 0
-	for {
+	for n < len(msgs) {
+		d, ok := c.next()
+		if !ok {
+			break
+		}
 		m := &msgs[n]
 		buf := m.Buffers[0]
 		m.Addr, m.Segment = d.from, 0
 		m.N = copy(buf, d.data)
 		seg := len(d.data)
-		for c.gro && len(d.data) == seg {
-			e, ok := c.next(false)
-			if !ok {
-				break
-			}
+		for c.gro && len(d.data) == seg && len(c.queue) > 0 {
+			e := c.queue[0]
 			if e.from != d.from || len(e.data) > seg || m.N+len(e.data) > len(buf) {
-				c.queue = append([]fakeDatagram{e}, c.queue...)
 				break
 			}
+			c.next()
 			m.N += copy(buf[m.N:], e.data)
 			m.Segment = seg
 			d = e
 		}
 		n++
-		if n == len(msgs) {
-			return n, nil
-		}
-		if d, ok = c.next(false); !ok {
-			return n, nil
-		}
 	}
+	return n, nil
 }
 
 func (c *FakeConn) Close() error {

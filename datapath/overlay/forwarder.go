@@ -118,7 +118,7 @@ func (f *Forwarder) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	out := newOutbound(f)
-	in := newInbound(f)
+	in := newInbound(f, out)
 	errc := make(chan error, 2)
 	var wg sync.WaitGroup
 	wg.Go(func() { errc <- out.run() })
@@ -273,7 +273,7 @@ func (f *Forwarder) Stats() Stats {
 		TUNOffload: f.tun.VnetHdr(), UDPGSO: f.conn.GSO(), UDPGRO: f.conn.GRO(),
 		PacketsOut: f.ctr.packetsOut.Load(), BytesOut: f.ctr.bytesOut.Load(),
 		PacketsIn: f.ctr.packetsIn.Load(), BytesIn: f.ctr.bytesIn.Load(),
-		TUNReads: f.ctr.tunReads.Load(), UDPSends: f.ctr.udpSends.Load(),
+		TUNReads: f.ctr.tunReads.Load(), TUNReadsAfterWrite: f.ctr.tunReadsAfterWrite.Load(), UDPSends: f.ctr.udpSends.Load(),
 		UDPRecvs: f.ctr.udpRecvs.Load(), TUNWrites: f.ctr.tunWrites.Load(),
 		UnreachablesSent: f.ctr.unreachables.Load(),
 		Drops:            make(map[string]uint64, numReasons-1),

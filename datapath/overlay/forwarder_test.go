@@ -64,6 +64,18 @@ func twoFakeHosts(t *testing.T, oa, ob fakeOpts) (*FakeNetwork, *fakeHost, *fake
 	return n, a, b
 }
 
+// readBatch blocks until at least one datagram is read from c.
+func readBatch(c PacketConn, msgs []Message) (int, error) {
+	for {
+		if n, err := c.TryReadBatch(msgs); n > 0 || err != nil {
+			return n, err
+		}
+		if err := c.WaitRead(); err != nil {
+			return 0, err
+		}
+	}
+}
+
 func must(t testing.TB, err error) {
 	t.Helper()
 	if err != nil {
@@ -248,7 +260,7 @@ func TestSetPeerMovesAddressKeepsCounters(t *testing.T) {
 	}
 	a.tun.Inject(mkUDP("10.96.1.5", "10.96.2.7", []byte("2")))
 	msgs := []Message{{Buffers: [][]byte{make([]byte, 2000)}}}
-	if _, err := c.ReadBatch(msgs); err != nil || msgs[0].Addr != ap("192.0.2.1:8285") {
+	if _, err := readBatch(c, msgs); err != nil || msgs[0].Addr != ap("192.0.2.1:8285") {
 		t.Fatalf("moved peer got %v from %v", err, msgs[0].Addr)
 	}
 	c.Close()
@@ -408,6 +420,47 @@ func TestGSORefusedFallsBack(t *testing.T) {
 	}
 }
 
+// TestInboundForwardsTheAnswer: what the container queues on the TUN
+// while the inbound loop writes to it is forwarded by that loop at once,
+// one packet of it (pollBudget); the rest is left queued, in order, for
+// the outbound loop.
+func TestInboundForwardsTheAnswer(t *testing.T) {
+	n := NewFakeNetwork()
+	tun := NewFakeTUN("twill0", false)
+	tun.Answer = func([]byte) [][]byte {
+		return [][]byte{mkUDP("10.96.1.7", "10.96.2.5", []byte("pong1")), mkUDP("10.96.1.7", "10.96.2.5", []byte("pong2"))}
+	}
+	f := hotForwarder(t, tun, n.Listen(ap("192.0.2.1:8285"), false, false))
+	peer := n.Listen(ap("192.0.2.2:8285"), false, false)
+	out := newOutbound(f)
+	in := newInbound(f, out)
+	n.Send(ap("192.0.2.2:8285"), ap("192.0.2.1:8285"), mkUDP("10.96.2.5", "10.96.1.7", []byte("ping")))
+	if k, err := in.drain(0); k != 1 || err != nil {
+		t.Fatalf("inbound drained %d batches: %v", k, err)
+	}
+	recv(t, tun)
+	msgs := []Message{{Buffers: [][]byte{make([]byte, 2000)}}}
+	k, err := readBatch(peer, msgs)
+	if err != nil || k != 1 || !bytes.HasSuffix(msgs[0].Buffers[0][:msgs[0].N], []byte("pong1")) {
+		t.Fatalf("peer got %d %q: %v", k, msgs[0].Buffers[0][:msgs[0].N], err)
+	}
+	if s := f.Stats(); s.TUNReads != 1 || s.TUNReadsAfterWrite != 1 {
+		t.Fatalf("tun reads %d, after write %d", s.TUNReads, s.TUNReadsAfterWrite)
+	}
+	if err := tun.WaitRead(); err != nil {
+		t.Fatal(err) // the second answer must still signal the outbound loop
+	}
+	if k, err := out.drain(0); k != 1 || err != nil {
+		t.Fatalf("outbound drained %d: %v", k, err)
+	}
+	if k, err := readBatch(peer, msgs); err != nil || k != 1 || !bytes.HasSuffix(msgs[0].Buffers[0][:msgs[0].N], []byte("pong2")) {
+		t.Fatalf("peer got %d %q: %v", k, msgs[0].Buffers[0][:msgs[0].N], err)
+	}
+	if s := f.Stats(); s.TUNReads != 2 || s.TUNReadsAfterWrite != 1 {
+		t.Fatalf("tun reads %d, after write %d", s.TUNReads, s.TUNReadsAfterWrite)
+	}
+}
+
 func TestRunStopsOnCancel(t *testing.T) {
 	tun := NewFakeTUN("twill0", false)
 	f, err := New(Config{MTU: 1472, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, tun, NewFakeNetwork().Listen(ap("192.0.2.1:8285"), false, false))
@@ -422,7 +475,7 @@ func TestRunStopsOnCancel(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("run did not return")
 	}
-	if _, err := tun.Read(make([]byte, 10)); err == nil {
+	if _, err := tun.TryRead(make([]byte, 10)); err == nil {
 		t.Fatal("tun still open after run")
 	}
 }

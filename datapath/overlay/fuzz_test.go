@@ -28,7 +28,8 @@ func FuzzInbound(f *testing.F) {
 	}
 	ins := map[bool]*inbound{}
 	for _, vnet := range []bool{false, true} {
-		ins[vnet] = newInbound(hotForwarder(f, &nullTUN{vnet: vnet, written: record}, &nullConn{offload: vnet}))
+		hf := hotForwarder(f, &nullTUN{vnet: vnet, written: record}, &nullConn{offload: vnet})
+		ins[vnet] = newInbound(hf, newOutbound(hf))
 	}
 	f.Fuzz(func(t *testing.T, data []byte, fromPeer bool, seg uint16, vnet bool) {
 		got = got[:0]

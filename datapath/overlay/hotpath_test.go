@@ -18,7 +18,8 @@ type nullTUN struct {
 
 func (t *nullTUN) Name() string                          { return "null0" }
 func (t *nullTUN) VnetHdr() bool                         { return t.vnet }
-func (t *nullTUN) Read([]byte) (int, error)              { return 0, io.EOF }
+func (t *nullTUN) WaitRead() error                       { return io.EOF }
+func (t *nullTUN) TryRead([]byte) (int, error)           { return 0, nil }
 func (t *nullTUN) AddOverlay(_, _ netip.Prefix) error    { return nil }
 func (t *nullTUN) RemoveOverlay(_, _ netip.Prefix) error { return nil }
 func (t *nullTUN) Close() error                          { return nil }
@@ -34,10 +35,11 @@ type nullConn struct {
 	sent    func(m *Message)
 }
 
-func (c *nullConn) ReadBatch([]Message) (int, error) { return 0, io.EOF }
-func (c *nullConn) GSO() bool                        { return c.offload }
-func (c *nullConn) GRO() bool                        { return c.offload }
-func (c *nullConn) Close() error                     { return nil }
+func (c *nullConn) WaitRead() error                     { return io.EOF }
+func (c *nullConn) TryReadBatch([]Message) (int, error) { return 0, nil }
+func (c *nullConn) GSO() bool                           { return c.offload }
+func (c *nullConn) GRO() bool                           { return c.offload }
+func (c *nullConn) Close() error                        { return nil }
 func (c *nullConn) WriteBatch(msgs []Message) (int, error) {
 	if c.sent != nil {
 		for i := range msgs {
@@ -209,7 +211,7 @@ func groMessage(n, mss int) Message {
 func BenchmarkForwardInboundGRO(b *testing.B) {
 	writes := 0
 	f := hotForwarder(b, &nullTUN{vnet: true, written: func([][]byte) { writes++ }}, &nullConn{offload: true})
-	in := newInbound(f)
+	in := newInbound(f, newOutbound(f))
 	msgs := []Message{groMessage(44, 1420)}
 	b.SetBytes(int64(msgs[0].N))
 	b.ReportAllocs()
@@ -223,7 +225,7 @@ func BenchmarkForwardInboundGRO(b *testing.B) {
 
 func BenchmarkForwardInboundPlain(b *testing.B) {
 	f := hotForwarder(b, &nullTUN{}, &nullConn{})
-	in := newInbound(f)
+	in := newInbound(f, newOutbound(f))
 	msgs := make([]Message, 64)
 	for i := range msgs {
 		p := mkUDP("10.96.2.7", "10.96.1.5", make([]byte, 64))
@@ -242,7 +244,8 @@ func BenchmarkForwardInboundPlain(b *testing.B) {
 // TestHotPathAllocatesNothing pins the zero-allocation property outside -bench runs.
 func TestHotPathAllocatesNothing(t *testing.T) {
 	f := hotForwarder(t, &nullTUN{vnet: true}, &nullConn{offload: true})
-	o, in := newOutbound(f), newInbound(f)
+	o := newOutbound(f)
+	in := newInbound(f, o)
 	tso := mkTSO("10.96.1.5", "10.96.2.7", 1, tcpFlagACK, 1420, payloadBytes(60000, 1))
 	msgs := []Message{groMessage(40, 1420)}
 	bad := []Message{{Buffers: [][]byte{mkUDP("10.96.3.7", "10.96.1.5", nil)}, Addr: ap("192.0.2.9:8285")}}

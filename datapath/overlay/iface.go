@@ -14,9 +14,16 @@ type TUN interface {
 	// 10-byte virtio_net_hdr (IFF_VNET_HDR with TSO offloads accepted).
 	// Reads may then return TCP super-packets of up to 64 KB.
 	VnetHdr() bool
-	// Read reads one packet into b and returns its length. It is called from
-	// one goroutine only and returns an error once the device is closed.
-	Read(b []byte) (int, error)
+	// WaitRead blocks until a packet may be queued on the device, or
+	// returns an error once the device is closed. A packet queued after
+	// the last TryRead that found none always ends a wait, so a reader
+	// that drains with TryRead and then waits misses nothing. It is called
+	// from one goroutine only.
+	WaitRead() error
+	// TryRead reads one queued packet into b and returns its length, or 0
+	// when none is queued; it never blocks. Calls must not overlap (the
+	// forwarder serializes them) but may overlap a WaitRead.
+	TryRead(b []byte) (int, error)
 	// Write writes one packet gathered from bufs. It is called from one
 	// goroutine only.
 	Write(bufs [][]byte) error
@@ -32,12 +39,17 @@ type TUN interface {
 // PacketConn is the UDP socket towards the peers. The Linux implementation
 // is *udpConn; FakeNetwork's conns run it in tests.
 type PacketConn interface {
-	// ReadBatch receives up to len(msgs) datagrams into msgs[i].Buffers[0],
-	// setting N, Addr and Segment (the GRO segment size when several
-	// datagrams of one flow were merged into one buffer, else 0). It blocks
-	// until at least one arrives; it is called from one goroutine only and
-	// returns an error once the conn is closed.
-	ReadBatch(msgs []Message) (int, error)
+	// WaitRead blocks until a datagram may be queued, or returns an error
+	// once the conn is closed; like TUN.WaitRead it misses nothing queued
+	// after the last TryReadBatch that found none. Called from one
+	// goroutine only.
+	WaitRead() error
+	// TryReadBatch receives up to len(msgs) queued datagrams into
+	// msgs[i].Buffers[0], setting N, Addr and Segment (the GRO segment size
+	// when several datagrams of one flow were merged into one buffer, else
+	// 0), and returns 0 when none is queued; it never blocks. Calls must
+	// not overlap but may overlap a WaitRead.
+	TryReadBatch(msgs []Message) (int, error)
 	// WriteBatch sends msgs, each gathered from its Buffers to Addr; a
 	// message with Segment > 0 is cut into datagrams of Segment bytes (the
 	// last may be shorter). It returns the number of messages handled, and

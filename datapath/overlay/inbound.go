@@ -1,6 +1,9 @@
 package overlay
 
-import "time"
+import (
+	"sync"
+	"time"
+)
 
 // Receive batch sizes: with UDP GRO each buffer can hold a 64 KB train.
 const (
@@ -11,7 +14,13 @@ const (
 // inbound moves datagrams from the UDP socket to the TUN. All buffers are
 // allocated once; handle allocates nothing.
 type inbound struct {
+	// mu is held while reading the socket and delivering what was read,
+	// by the inbound loop or the busy poller: one reader at a time keeps
+	// packets in order.
+	mu     sync.Mutex
 	f      *Forwarder
+	out    *outbound // polled after writes (outbound.poll)
+	wrote  bool      // this batch wrote to the TUN
 	vnet   bool
 	mtu    int
 	msgs   []Message
@@ -21,8 +30,8 @@ type inbound struct {
 	now    int64
 }
 
-func newInbound(f *Forwarder) *inbound {
-	in := &inbound{f: f, vnet: f.tun.VnetHdr(), mtu: f.cfg.MTU}
+func newInbound(f *Forwarder, out *outbound) *inbound {
+	in := &inbound{f: f, out: out, vnet: f.tun.VnetHdr(), mtu: f.cfg.MTU}
 	in.single.vnet = in.vnet
 	batch, size := plainBatch, f.cfg.MTU+1 // one spare byte reveals oversize datagrams
 	if f.conn.GRO() {
@@ -39,15 +48,36 @@ func newInbound(f *Forwarder) *inbound {
 	return in
 }
 
+// run waits for datagrams and delivers them until the socket fails.
 func (in *inbound) run() error {
 	for {
-		n, err := in.f.conn.ReadBatch(in.msgs)
+		if err := in.f.conn.WaitRead(); err != nil {
+			return err
+		}
+		in.mu.Lock()
+		_, err := in.drain(0)
+		in.mu.Unlock()
 		if err != nil {
 			return err
 		}
-		in.f.ctr.udpRecvs.Add(1)
-		in.handle(in.msgs[:n])
 	}
+}
+
+// drain delivers queued datagrams until none is left or, when max > 0,
+// max batches were read; it returns the batches read. The caller holds
+// in.mu.
+func (in *inbound) drain(max int) (int, error) {
+	n := 0
+	for max == 0 || n < max {
+		k, err := in.f.conn.TryReadBatch(in.msgs)
+		if err != nil || k == 0 {
+			return n, err
+		}
+		n++
+		in.f.ctr.udpRecvs.Add(1)
+		in.handle(in.msgs[:k])
+	}
+	return n, nil
 }
 
 // handle checks and delivers one received batch.
@@ -72,6 +102,10 @@ func (in *inbound) handle(msgs []Message) {
 		}
 	}
 	in.co.flush()
+	if in.wrote {
+		in.wrote = false
+		in.out.poll()
+	}
 }
 
 // packet checks one datagram from sender and delivers or drops it.
@@ -106,6 +140,7 @@ func (in *inbound) packet(t *table, sender uint32, d []byte) {
 // write writes one packet (possibly a coalesced super-packet) to the TUN.
 func (in *inbound) write(bufs [][]byte) {
 	in.f.ctr.tunWrites.Add(1)
+	in.wrote = true
 	if err := in.f.writeTUN(bufs); err != nil {
 		n := uint64(1)
 		if len(bufs) > 2 {

@@ -70,8 +70,12 @@ func TestKernelTransfer(t *testing.T) {
 				if len(s.Peers) != 1 || s.Peers[0].PacketsIn == 0 || s.Peers[0].PacketsOut == 0 {
 					t.Errorf("host %d peer stats %+v", i, s.Peers)
 				}
-				t.Logf("host %d: path %s, out %d pkts / %d sends, in %d pkts / %d tun writes",
-					i, s.Path, s.PacketsOut, s.UDPSends, s.PacketsIn, s.TUNWrites)
+				// Echo replies and ACKs are queued during the TUN write.
+				if s.TUNReadsAfterWrite == 0 {
+					t.Errorf("host %d: the inbound loop forwarded no answer after its TUN writes", i)
+				}
+				t.Logf("host %d: path %s, out %d pkts / %d sends, in %d pkts / %d tun writes, %d of %d tun reads after a write",
+					i, s.Path, s.PacketsOut, s.UDPSends, s.PacketsIn, s.TUNWrites, s.TUNReadsAfterWrite, s.TUNReads)
 			}
 		})
 	}

@@ -54,6 +54,7 @@ type counters struct {
 	packetsOut, bytesOut atomic.Uint64 // datagrams sent to peers
 	packetsIn, bytesIn   atomic.Uint64 // packets written to the TUN
 	tunReads, udpSends   atomic.Uint64 // system calls, for the batching ratio
+	tunReadsAfterWrite   atomic.Uint64 // of tunReads, those the inbound loop made (outbound.poll)
 	udpRecvs, tunWrites  atomic.Uint64
 	unreachables         atomic.Uint64 // ICMP net unreachable sent back for no_route drops
 }
@@ -70,6 +71,7 @@ type Stats struct {
 	PacketsOut, BytesOut       uint64            // datagrams and bytes sent to peers
 	PacketsIn, BytesIn         uint64            // packets and bytes delivered to the TUN
 	TUNReads, UDPSends         uint64            // system calls on the outbound side
+	TUNReadsAfterWrite         uint64            // of TUNReads, packets the inbound loop forwarded right after its TUN write
 	UDPRecvs, TUNWrites        uint64            // system calls on the inbound side
 	UnreachablesSent           uint64            // ICMP net unreachable sent back for no_route drops
 	Drops                      map[string]uint64 // packets dropped, by reason (every reason present)

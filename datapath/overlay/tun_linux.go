@@ -28,11 +28,13 @@ type tunDevice struct {
 	vnet  bool
 	index int
 
-	// Read state: the closure is built once so Read allocates nothing.
+	// Read state: the closures are built once so reads allocate nothing.
 	rbuf   []byte
 	rn     int
 	rerr   syscall.Errno
-	readFn func(fd uintptr) bool
+	readFn func(fd uintptr)
+	ready  readyWait
+	waitFn func(fd uintptr) bool
 
 	wiov    []unix.Iovec
 	wcnt    int
@@ -108,7 +110,7 @@ func createTUN(name string, vnet bool) (*tunDevice, error) {
 		return nil, fmt.Errorf("tun %s: %w", name, err)
 	}
 	t := &tunDevice{name: ifr.Name(), file: f, rc: rc, vnet: vnet, wiov: make([]unix.Iovec, 1+maxRunSegments+1)}
-	t.readFn = t.doRead
+	t.readFn, t.waitFn = t.doRead, t.ready.check
 	t.writeFn = t.doWrite
 	return t, nil
 }
@@ -118,24 +120,33 @@ func (t *tunDevice) VnetHdr() bool { return t.vnet }
 
 // The fd is non-blocking, so these system calls never sleep in the kernel;
 // RawSyscall spares the scheduler hand-off of a blocking call per packet.
-func (t *tunDevice) doRead(fd uintptr) bool {
+func (t *tunDevice) doRead(fd uintptr) {
 	n, _, e := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&t.rbuf[0])), uintptr(len(t.rbuf)))
-	if e == unix.EAGAIN || e == unix.EINTR {
-		return false
-	}
 	t.rn, t.rerr = int(n), e
-	return true
 }
 
-func (t *tunDevice) Read(b []byte) (int, error) {
+func (t *tunDevice) TryRead(b []byte) (int, error) {
 	t.rbuf = b
-	if err := t.rc.Read(t.readFn); err != nil {
+	// Control, not Read: it does not take the fd's read lock, which a
+	// WaitRead in the other loop holds while it sleeps.
+	if err := t.rc.Control(t.readFn); err != nil {
 		return 0, fmt.Errorf("reading tun %s: %w", t.name, err)
 	}
-	if t.rerr != 0 {
-		return 0, fmt.Errorf("reading tun %s: %w", t.name, t.rerr)
+	switch t.rerr {
+	case 0:
+		return t.rn, nil
+	case unix.EAGAIN, unix.EINTR:
+		return 0, nil
 	}
-	return t.rn, nil
+	return 0, fmt.Errorf("reading tun %s: %w", t.name, t.rerr)
+}
+
+func (t *tunDevice) WaitRead() error {
+	t.ready.reset()
+	if err := t.rc.Read(t.waitFn); err != nil {
+		return fmt.Errorf("reading tun %s: %w", t.name, err)
+	}
+	return nil
 }
 
 func (t *tunDevice) doWrite(fd uintptr) bool {
