@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 )
 
 func envOf(m map[string]string) func(string) (string, bool) {
@@ -24,6 +25,12 @@ func TestConfigDefaults(t *testing.T) {
 	}
 	if c.ControlSocket != "/var/lib/twill/twill-ctl.sock" {
 		t.Errorf("control socket %q", c.ControlSocket)
+	}
+	if c.BusyPoll != 0 || c.Offload != "auto" {
+		t.Errorf("busy poll %v, offload %q: want off and auto", c.BusyPoll, c.Offload)
+	}
+	if c, err := parseConfig(nil, envOf(map[string]string{"TWILL_BUSY_POLL": "50ms"}), io.Discard); err != nil || c.BusyPoll != 50*time.Millisecond {
+		t.Errorf("TWILL_BUSY_POLL=50ms: %v, %v", c.BusyPoll, err)
 	}
 }
 
@@ -57,6 +64,9 @@ func TestConfigErrorsNameTheSetting(t *testing.T) {
 		{map[string]string{"ETCD_ENDPOINTS": "10.0.0.5:2379"}, nil, "needs a scheme"},
 		{map[string]string{"TWILL_PUBLIC_IP": "::1"}, nil, "TWILL_PUBLIC_IP"},
 		{map[string]string{"TWILL_MTU": "99999"}, nil, "TWILL_MTU"},
+		{map[string]string{"TWILL_BUSY_POLL": "50"}, nil, `TWILL_BUSY_POLL (--busy-poll)="50": want a duration from 0 (off) to 10s, e.g. 50ms`},
+		{map[string]string{"TWILL_BUSY_POLL": "-1ms"}, nil, "TWILL_BUSY_POLL"},
+		{nil, []string{"--busy-poll", "1m"}, "--busy-poll"},
 		{map[string]string{"ETCD_CERTFILE": "/x.pem"}, nil, "go together"},
 		{map[string]string{"TWILL_LOG_LEVEL": "loud"}, nil, "TWILL_LOG_LEVEL"},
 		{map[string]string{"TWILL_STATE_DIR": "var/lib"}, nil, "absolute"},

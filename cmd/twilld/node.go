@@ -132,7 +132,7 @@ func startHost(ctx context.Context, cfg config, log *slog.Logger, srv *plugin.Se
 		return nil, err
 	}
 
-	n.fwd, err = overlay.Open(overlay.Config{MTU: n.mtu, PublicIP: n.under.Addr, Port: cfg.Port, Offload: cfg.Offload, Logger: log})
+	n.fwd, err = overlay.Open(overlay.Config{MTU: n.mtu, PublicIP: n.under.Addr, Port: cfg.Port, Offload: cfg.Offload, BusyPoll: cfg.BusyPoll, Logger: log})
 	if err != nil {
 		return nil, fmt.Errorf("%w (twill needs /dev/net/tun and CAP_NET_ADMIN; TWILL_PUBLIC_IP/TWILL_IFACE choose the address, TWILL_PORT the port)", err)
 	}

@@ -24,6 +24,7 @@ type fakeHost struct {
 type fakeOpts struct {
 	vnet, gso, gro bool
 	refuseGSO      bool
+	busy           time.Duration // Config.BusyPoll
 }
 
 // startFakeHost runs a forwarder on fakes: lease local of overlay
@@ -35,7 +36,7 @@ func startFakeHost(t *testing.T, n *FakeNetwork, addr, local string, o fakeOpts)
 		h.conn.RefuseSegmentation()
 	}
 	var err error
-	h.fwd, err = New(Config{MTU: 1472, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, h.tun, h.conn)
+	h.fwd, err = New(Config{MTU: 1472, BusyPoll: o.busy, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, h.tun, h.conn)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -28,6 +28,7 @@ type helperFwdConfig struct {
 	MTU     int
 	Public  string
 	Offload string
+	Busy    time.Duration // Config.BusyPoll
 	Overlay string
 	Local   string
 	Peers   map[string]string // subnet -> addr:port
@@ -67,7 +68,7 @@ func helperForwarder() error {
 		return err
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	f, err := Open(Config{MTU: c.MTU, PublicIP: netip.MustParseAddr(c.Public), Offload: c.Offload, Logger: log})
+	f, err := Open(Config{MTU: c.MTU, PublicIP: netip.MustParseAddr(c.Public), Offload: c.Offload, BusyPoll: c.Busy, Logger: log})
 	if err != nil {
 		return err
 	}

@@ -19,8 +19,9 @@ type inbound struct {
 	// packets in order.
 	mu     sync.Mutex
 	f      *Forwarder
-	out    *outbound // polled after writes (outbound.poll)
-	wrote  bool      // this batch wrote to the TUN
+	busy   *busyPoller // nil unless Config.BusyPoll
+	out    *outbound   // polled after writes (outbound.poll)
+	wrote  bool        // this batch wrote to the TUN
 	vnet   bool
 	mtu    int
 	msgs   []Message
@@ -49,17 +50,21 @@ func newInbound(f *Forwarder, out *outbound) *inbound {
 }
 
 // run waits for datagrams and delivers them until the socket fails.
-func (in *inbound) run() error {
+func (in *inbound) run(done <-chan struct{}) error {
 	for {
+		in.busy.standBy(loopIn, done)
+		t0 := time.Now()
 		if err := in.f.conn.WaitRead(); err != nil {
 			return err
 		}
+		waited := time.Since(t0)
 		in.mu.Lock()
 		_, err := in.drain(0)
 		in.mu.Unlock()
 		if err != nil {
 			return err
 		}
+		in.busy.woke(waited)
 	}
 }
 

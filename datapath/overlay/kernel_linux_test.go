@@ -27,15 +27,18 @@ func TestKernelTransfer(t *testing.T) {
 	for _, mode := range []struct {
 		name        string
 		h1, h2      string
-		underlayOff bool // transmit checksum offload off on the underlay
+		underlayOff bool          // transmit checksum offload off on the underlay
+		busy        time.Duration // Config.BusyPoll
 	}{
-		{"offload", OffloadAuto, OffloadAuto, false},
-		{"plain", OffloadOff, OffloadOff, false},
-		{"mixed", OffloadAuto, OffloadOff, false},
-		{"underlay-tx-off", OffloadAuto, OffloadAuto, true},
+		{"offload", OffloadAuto, OffloadAuto, false, 0},
+		{"plain", OffloadOff, OffloadOff, false, 0},
+		{"mixed", OffloadAuto, OffloadOff, false, 0},
+		{"underlay-tx-off", OffloadAuto, OffloadAuto, true, 0},
+		{"busy-poll", OffloadAuto, OffloadAuto, false, 50 * time.Millisecond},
 	} {
 		t.Run(mode.name, func(t *testing.T) {
 			tp := newTopo(t, 2)
+			tp.busy = mode.busy
 			if mode.underlayOff {
 				for i := 1; i <= 2; i++ {
 					testbed.MustIn(t, hostNS(i), "ethtool", "-K", "ul0", "tx", "off")
@@ -74,8 +77,12 @@ func TestKernelTransfer(t *testing.T) {
 				if s.TUNReadsAfterWrite == 0 {
 					t.Errorf("host %d: the inbound loop forwarded no answer after its TUN writes", i)
 				}
-				t.Logf("host %d: path %s, out %d pkts / %d sends, in %d pkts / %d tun writes, %d of %d tun reads after a write",
-					i, s.Path, s.PacketsOut, s.UDPSends, s.PacketsIn, s.TUNWrites, s.TUNReadsAfterWrite, s.TUNReads)
+				// The pings are sparse traffic after quiet: each host polls.
+				if mode.busy > 0 && s.BusyPollSpells == 0 {
+					t.Errorf("host %d: no busy polling spell", i)
+				}
+				t.Logf("host %d: path %s, out %d pkts / %d sends, in %d pkts / %d tun writes, %d of %d tun reads after a write, %d busy poll spells",
+					i, s.Path, s.PacketsOut, s.UDPSends, s.PacketsIn, s.TUNWrites, s.TUNReadsAfterWrite, s.TUNReads, s.BusyPollSpells)
 			}
 		})
 	}

@@ -3,6 +3,7 @@ package overlay
 import (
 	"errors"
 	"sync"
+	"time"
 )
 
 // pollBudget caps the packets the inbound loop forwards from the TUN after
@@ -20,6 +21,7 @@ type outbound struct {
 	// time keeps packets in order.
 	mu    sync.Mutex
 	f     *Forwarder
+	busy  *busyPoller // nil unless Config.BusyPoll
 	vnet  bool
 	buf   []byte    // one TUN read: [vnet header] packet
 	hdrs  []byte    // segment headers, maxHeader bytes each
@@ -47,17 +49,21 @@ func newOutbound(f *Forwarder) *outbound {
 }
 
 // run waits for packets on the TUN and forwards them until the device fails.
-func (o *outbound) run() error {
+func (o *outbound) run(done <-chan struct{}) error {
 	for {
+		o.busy.standBy(loopOut, done)
+		t0 := time.Now()
 		if err := o.f.tun.WaitRead(); err != nil {
 			return err
 		}
+		waited := time.Since(t0)
 		o.mu.Lock()
 		_, err := o.drain(0)
 		o.mu.Unlock()
 		if err != nil {
 			return err
 		}
+		o.busy.woke(waited)
 	}
 }
 

@@ -74,6 +74,7 @@ type Stats struct {
 	TUNReadsAfterWrite         uint64            // of TUNReads, packets the inbound loop forwarded right after its TUN write
 	UDPRecvs, TUNWrites        uint64            // system calls on the inbound side
 	UnreachablesSent           uint64            // ICMP net unreachable sent back for no_route drops
+	BusyPollSpells             uint64            // busy polling spells started (Config.BusyPoll)
 	Drops                      map[string]uint64 // packets dropped, by reason (every reason present)
 	Peers                      []PeerStats
 }

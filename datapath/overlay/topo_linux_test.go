@@ -32,6 +32,7 @@ type testTopo struct {
 	dir   string
 	fwds  map[int]*testFwd
 	hosts []string
+	busy  time.Duration // Config.BusyPoll of the forwarders started next
 }
 
 type testFwd struct {
@@ -89,7 +90,7 @@ func (tp *testTopo) startForwarder(i int, offload string, peers ...int) *testFwd
 	t := tp.t
 	t.Helper()
 	c := helperFwdConfig{
-		MTU: testMTU, Public: underlayIP(i), Offload: offload,
+		MTU: testMTU, Public: underlayIP(i), Offload: offload, Busy: tp.busy,
 		Overlay: testOverlay, Local: leaseOf(i), Peers: map[string]string{},
 		Ready: filepath.Join(tp.dir, fmt.Sprintf("fwd%d-%d.ready", i, time.Now().UnixNano())),
 		Stats: filepath.Join(tp.dir, fmt.Sprintf("fwd%d-%d.json", i, time.Now().UnixNano())),
