@@ -23,7 +23,7 @@ type fakeSource struct{ left bool }
 
 func (f *fakeSource) Status(ctx context.Context) (control.Status, error) {
 	return control.Status{Hostname: "node-a", PublicIP: "10.0.0.1", Port: 8285, Underlay: "eth0", MTU: 1472,
-		Offload: "offload", Etcd: "http://10.0.0.5:2379", EtcdHealthy: true, UptimeSecond: 3725,
+		Offload: "offload", BusyPoll: "50ms, 12 spells", Etcd: "http://10.0.0.5:2379", EtcdHealthy: true, UptimeSecond: 3725,
 		Overlays: []control.OverlayLease{{Network: "10.96.0.0/16", Subnet: "10.96.7.0/24", Default: true, Expiry: time.Now().Add(23*time.Hour + 30*time.Second)}}}, nil
 }
 

@@ -20,6 +20,7 @@ func printStatus(w io.Writer, s *control.Status) {
 	fmt.Fprintf(t, "public ip\t%s:%d (underlay %s)\n", s.PublicIP, s.Port, s.Underlay)
 	fmt.Fprintf(t, "mtu\t%d\n", s.MTU)
 	fmt.Fprintf(t, "offload\t%s\n", s.Offload)
+	fmt.Fprintf(t, "busy poll\t%s\n", s.BusyPoll)
 	health := "healthy"
 	if !s.EtcdHealthy {
 		health = "UNREACHABLE: " + s.EtcdError

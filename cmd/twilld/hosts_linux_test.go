@@ -180,7 +180,11 @@ func TestOverlayAcrossThreeHosts(t *testing.T) {
 	c := newCluster(t, "twk1")
 	ctrs := map[int]testbed.Container{}
 	for n := 1; n <= 3; n++ {
-		h := c.start(n)
+		var extra []string
+		if n == 3 {
+			extra = []string{"--busy-poll", "50ms"} // hosts may differ in it
+		}
+		h := c.start(n, extra...)
 		h.net = h.docker.CreateNetwork(t, testbed.ID(fmt.Sprintf("blue-h%d", n)), "10.96.0.0/16", nil)
 		ctrs[n] = c.container(h, fmt.Sprintf("c%d", n))
 	}
@@ -222,6 +226,17 @@ func TestOverlayAcrossThreeHosts(t *testing.T) {
 					mustPing(t, ctrs[a].NS, ctrs[b].Addr.Addr())
 				}
 			}
+		}
+	})
+	t.Run("busy polling on h3 only", func(t *testing.T) {
+		// The pings are sparse traffic after quiet: h3 polled.
+		var spells int
+		s := c.status(c.hosts[3])
+		if _, err := fmt.Sscanf(s.BusyPoll, "50ms, %d spells", &spells); err != nil || spells == 0 {
+			t.Errorf("h3 busy poll %q", s.BusyPoll)
+		}
+		if s := c.status(c.hosts[1]); s.BusyPoll != "off" {
+			t.Errorf("h1 busy poll %q, want off", s.BusyPoll)
 		}
 	})
 	t.Run("host to remote container and remote twill0", func(t *testing.T) {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"os"
 	"strings"
@@ -26,6 +27,10 @@ func (n *node) Status(ctx context.Context) (control.Status, error) {
 	}
 	if n.etcd != nil {
 		s.Etcd += " (embedded)"
+	}
+	s.BusyPoll = "off"
+	if n.cfg.BusyPoll > 0 {
+		s.BusyPoll = fmt.Sprintf("%v, %d spells", n.cfg.BusyPoll, st.BusyPollSpells)
 	}
 	hctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()

@@ -24,6 +24,7 @@ type Status struct {
 	Underlay     string         `json:"underlay"`
 	MTU          int            `json:"mtu"`
 	Offload      string         `json:"offload"`
+	BusyPoll     string         `json:"busy_poll"` // "off", or the window and the spells so far
 	Etcd         string         `json:"etcd"`
 	EtcdHealthy  bool           `json:"etcd_healthy"`
 	EtcdError    string         `json:"etcd_error,omitempty"`
