@@ -1,6 +1,7 @@
 package overlay
 
 import (
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -81,6 +82,27 @@ func (b *busyPoller) standBy(i int, done <-chan struct{}) {
 	}
 }
 
+// serve is a forwarding loop, loop being loopOut or loopIn: it waits on
+// its device, drains it holding mu, and tells b how long the wait was.
+// It returns the device's error.
+func serve(loop int, b *busyPoller, done <-chan struct{}, mu *sync.Mutex, wait func() error, drain func(max int) (int, error)) error {
+	for {
+		b.standBy(loop, done)
+		t0 := time.Now()
+		if err := wait(); err != nil {
+			return err
+		}
+		waited := time.Since(t0)
+		mu.Lock()
+		_, err := drain(0)
+		mu.Unlock()
+		if err != nil {
+			return err
+		}
+		b.woke(waited)
+	}
+}
+
 // run serves spells until done is closed.
 func (b *busyPoller) run(done <-chan struct{}) {
 	for {
@@ -115,19 +137,18 @@ func (b *busyPoller) run(done <-chan struct{}) {
 func (b *busyPoller) spell(done <-chan struct{}) {
 	last := time.Now()
 	mark, markBytes := last, b.moved()
+	devs := [...]struct {
+		mu    *sync.Mutex
+		drain func(max int) (int, error)
+	}{{&b.out.mu, b.out.drain}, {&b.in.mu, b.in.drain}}
 	for {
 		moved := 0
-		if b.out.mu.TryLock() {
-			n, err := b.out.drain(busyBudget)
-			b.out.mu.Unlock()
-			if err != nil {
-				return
+		for _, d := range devs {
+			if !d.mu.TryLock() {
+				continue // its loop is draining
 			}
-			moved += n
-		}
-		if b.in.mu.TryLock() {
-			n, err := b.in.drain(busyBudget)
-			b.in.mu.Unlock()
+			n, err := d.drain(busyBudget)
+			d.mu.Unlock()
 			if err != nil {
 				return
 			}

@@ -10,6 +10,51 @@ import (
 // errFakeClosed is what fakes return once closed, like a closed fd.
 var errFakeClosed = errors.New("fake device closed")
 
+// fakeFD is a fake's readiness and closing, as a non-blocking fd in the
+// netpoller has them: WaitRead returns once something arrived since the
+// last wait, or once closed.
+type fakeFD struct {
+	ready     chan struct{}
+	done      chan struct{}
+	closeOnce sync.Once
+}
+
+func newFakeFD() fakeFD {
+	return fakeFD{ready: make(chan struct{}, 1), done: make(chan struct{})}
+}
+
+// arrived marks the fake readable.
+func (f *fakeFD) arrived() {
+	select {
+	case f.ready <- struct{}{}:
+	default:
+	}
+}
+
+func (f *fakeFD) WaitRead() error {
+	select {
+	case <-f.ready:
+		return nil
+	case <-f.done:
+		return errFakeClosed
+	}
+}
+
+func (f *fakeFD) closed() bool {
+	select {
+	case <-f.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// close reports whether this call closed it.
+func (f *fakeFD) close() (first bool) {
+	f.closeOnce.Do(func() { close(f.done); first = true })
+	return first
+}
+
 // FakeTUN is an in-memory TUN for tests: Inject plays the kernel routing a
 // packet into the device, Written yields what the forwarder wrote.
 type FakeTUN struct {
@@ -22,11 +67,8 @@ type FakeTUN struct {
 	out    chan []byte
 
 	qmu   sync.Mutex
-	queue [][]byte      // injected, not yet read
-	ready chan struct{} // signalled on Inject, like the fd's readiness
-
-	closeOnce sync.Once
-	done      chan struct{}
+	queue [][]byte // injected, not yet read
+	fakeFD
 
 	mu       sync.Mutex // guards overlays
 	overlays map[netip.Prefix]netip.Prefix
@@ -39,8 +81,7 @@ var _ TUN = (*FakeTUN)(nil)
 func NewFakeTUN(name string, vnet bool) *FakeTUN {
 	return &FakeTUN{
 		name: name, vnet: vnet,
-		out: make(chan []byte, 4096), ready: make(chan struct{}, 1),
-		done: make(chan struct{}), overlays: map[netip.Prefix]netip.Prefix{},
+		out: make(chan []byte, 4096), fakeFD: newFakeFD(), overlays: map[netip.Prefix]netip.Prefix{},
 	}
 }
 
@@ -52,10 +93,7 @@ func (t *FakeTUN) Inject(pkt []byte) {
 	t.qmu.Lock()
 	t.queue = append(t.queue, append([]byte(nil), pkt...))
 	t.qmu.Unlock()
-	select {
-	case t.ready <- struct{}{}:
-	default:
-	}
+	t.arrived()
 }
 
 // Written is the stream of packets the forwarder wrote (concatenated buffers).
@@ -72,20 +110,9 @@ func (t *FakeTUN) Overlays() map[netip.Prefix]netip.Prefix {
 	return m
 }
 
-func (t *FakeTUN) WaitRead() error {
-	select {
-	case <-t.ready:
-		return nil
-	case <-t.done:
-		return errFakeClosed
-	}
-}
-
 func (t *FakeTUN) TryRead(b []byte) (int, error) {
-	select {
-	case <-t.done:
+	if t.closed() {
 		return 0, errFakeClosed
-	default:
 	}
 	t.qmu.Lock()
 	defer t.qmu.Unlock()
@@ -131,7 +158,7 @@ func (t *FakeTUN) RemoveOverlay(overlay, local netip.Prefix) error {
 }
 
 func (t *FakeTUN) Close() error {
-	t.closeOnce.Do(func() { close(t.done) })
+	t.close()
 	return nil
 }
 
@@ -163,17 +190,14 @@ type FakeConn struct {
 
 	qmu   sync.Mutex
 	queue []fakeDatagram // received, not yet read; a GSO train arrives whole
-	ready chan struct{}  // signalled on arrival, like the fd's readiness
-
-	closeOnce sync.Once
-	done      chan struct{}
+	fakeFD
 }
 
 var _ PacketConn = (*FakeConn)(nil)
 
 // Listen attaches a conn at addr.
 func (n *FakeNetwork) Listen(addr netip.AddrPort, gso, gro bool) *FakeConn {
-	c := &FakeConn{net: n, addr: addr, gro: gro, ready: make(chan struct{}, 1), done: make(chan struct{})}
+	c := &FakeConn{net: n, addr: addr, gro: gro, fakeFD: newFakeFD()}
 	c.gso.Store(gso)
 	n.mu.Lock()
 	n.conns[addr] = c
@@ -201,10 +225,7 @@ func (n *FakeNetwork) deliver(to netip.AddrPort, train []fakeDatagram) {
 	}
 	c.queue = append(c.queue, train...)
 	c.qmu.Unlock()
-	select {
-	case c.ready <- struct{}{}:
-	default:
-	}
+	c.arrived()
 }
 
 // fakeConnQueue is how many datagrams a FakeConn holds unread, its
@@ -257,20 +278,9 @@ func (c *FakeConn) next() (fakeDatagram, bool) {
 	return d, true
 }
 
-func (c *FakeConn) WaitRead() error {
-	select {
-	case <-c.ready:
-		return nil
-	case <-c.done:
-		return errFakeClosed
-	}
-}
-
 func (c *FakeConn) TryReadBatch(msgs []Message) (int, error) {
-	select {
-	case <-c.done:
+	if c.closed() {
 		return 0, errFakeClosed
-	default:
 	}
 	c.qmu.Lock()
 	defer c.qmu.Unlock()
@@ -301,11 +311,10 @@ func (c *FakeConn) TryReadBatch(msgs []Message) (int, error) {
 }
 
 func (c *FakeConn) Close() error {
-	c.closeOnce.Do(func() {
-		close(c.done)
+	if c.close() {
 		c.net.mu.Lock()
 		delete(c.net.conns, c.addr)
 		c.net.mu.Unlock()
-	})
+	}
 	return nil
 }

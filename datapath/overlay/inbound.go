@@ -51,21 +51,7 @@ func newInbound(f *Forwarder, out *outbound) *inbound {
 
 // run waits for datagrams and delivers them until the socket fails.
 func (in *inbound) run(done <-chan struct{}) error {
-	for {
-		in.busy.standBy(loopIn, done)
-		t0 := time.Now()
-		if err := in.f.conn.WaitRead(); err != nil {
-			return err
-		}
-		waited := time.Since(t0)
-		in.mu.Lock()
-		_, err := in.drain(0)
-		in.mu.Unlock()
-		if err != nil {
-			return err
-		}
-		in.busy.woke(waited)
-	}
+	return serve(loopIn, in.busy, done, &in.mu, in.f.conn.WaitRead, in.drain)
 }
 
 // drain delivers queued datagrams until none is left or, when max > 0,

@@ -3,7 +3,6 @@ package overlay
 import (
 	"errors"
 	"sync"
-	"time"
 )
 
 // pollBudget caps the packets the inbound loop forwards from the TUN after
@@ -50,26 +49,11 @@ func newOutbound(f *Forwarder) *outbound {
 
 // run waits for packets on the TUN and forwards them until the device fails.
 func (o *outbound) run(done <-chan struct{}) error {
-	for {
-		o.busy.standBy(loopOut, done)
-		t0 := time.Now()
-		if err := o.f.tun.WaitRead(); err != nil {
-			return err
-		}
-		waited := time.Since(t0)
-		o.mu.Lock()
-		_, err := o.drain(0)
-		o.mu.Unlock()
-		if err != nil {
-			return err
-		}
-		o.busy.woke(waited)
-	}
+	return serve(loopOut, o.busy, done, &o.mu, o.f.tun.WaitRead, o.drain)
 }
 
 // drain forwards the packets queued on the TUN until none is left or, when
-// max > 0, max were forwarded; it reports whether it stopped at max. The
-// caller holds o.mu.
+// max > 0, max were forwarded; it returns how many. The caller holds o.mu.
 func (o *outbound) drain(max int) (int, error) {
 	n := 0
 	for max == 0 || n < max {
