@@ -139,9 +139,7 @@ func (tp *testTopo) benchRound(b *testing.B, mode string, secs int, r *benchResu
 		r.path = fwds[0].path
 	}
 	defer tp.stopAll()
-	pingCPU, pingStart := procCPU(fwds), time.Now()
-	r.rtt = append(r.rtt, pingP50(b, from, target))
-	r.cpuPing = append(r.cpuPing, 100*(procCPU(fwds)-pingCPU)/time.Since(pingStart).Seconds())
+	r.cpuPing = append(r.cpuPing, cpuPercent(fwds, func() { r.rtt = append(r.rtt, pingP50(b, from, target)) }))
 	for _, p := range []int{1, 4} {
 		cpu0, busy0 := procCPU(fwds), machineBusy()
 		t0 := time.Now()

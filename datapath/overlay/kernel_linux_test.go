@@ -63,6 +63,19 @@ func TestKernelTransfer(t *testing.T) {
 			o21 := tp.transfer(2, 1, transferBytes)
 			t.Logf("100 MB: 1->2 %v, 2->1 %v; tx off: %v, %v", d12, d21, o12, o21)
 			tp.checkNoCsumErrors()
+			if mode.busy > 0 {
+				// Polling while pings keep coming, asleep once they stop.
+				fwds := []*testFwd{f1, f2}
+				pinging := cpuPercent(fwds, func() {
+					testbed.MustIn(t, containerNS(1), "busybox", "ping", "-c", "40", "-i", "0.025", "-W", "2", containerIP(2))
+				})
+				time.Sleep(3 * mode.busy)
+				idle := cpuPercent(fwds, func() { time.Sleep(time.Second) })
+				t.Logf("forwarders' CPU: %.0f%% while pinging 40/s, %.0f%% idle", pinging, idle)
+				if pinging < 30 || idle > 10 {
+					t.Errorf("forwarders' CPU %.0f%% while pinging (want the pollers running), %.0f%% idle (want them asleep)", pinging, idle)
+				}
+			}
 			for i, s := range tp.stopAll() {
 				for _, r := range []string{DropNoRoute, DropCrossOverlay, DropUnknownPeer, DropSpoofedSource,
 					DropWrongDestination, DropTruncated, DropMalformed, DropOversize, DropSendError, DropTUNWriteError} {
@@ -86,6 +99,14 @@ func TestKernelTransfer(t *testing.T) {
 			}
 		})
 	}
+}
+
+// cpuPercent runs fn and returns the CPU the forwarders used meanwhile, in
+// % of one core.
+func cpuPercent(fwds []*testFwd, fn func()) float64 {
+	c0, t0 := procCPU(fwds), time.Now()
+	fn()
+	return 100 * (procCPU(fwds) - c0) / time.Since(t0).Seconds()
 }
 
 // TestKernelHostile sends UDP to host 1's port from a namespace that holds
