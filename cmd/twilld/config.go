@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/twill-net/twill/datapath/overlay"
 )
 
 // config is twilld's settings, parsed and validated once. Every setting is an
@@ -185,8 +187,8 @@ func parseConfig(args []string, env func(string) (string, bool), usage io.Writer
 	default:
 		bad("offload", "want auto or off")
 	}
-	if d, err := time.ParseDuration(get["busy-poll"]); err != nil || d < 0 || d > 10*time.Second {
-		bad("busy-poll", "want a duration from 0 (off) to 10s, e.g. 50ms")
+	if d, err := time.ParseDuration(get["busy-poll"]); err != nil || d < 0 || d > overlay.MaxBusyPoll {
+		bad("busy-poll", "want a duration from 0 (off) to %v, e.g. 50ms", overlay.MaxBusyPoll)
 	} else {
 		c.BusyPoll = d
 	}

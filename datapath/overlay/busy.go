@@ -1,7 +1,6 @@
 package overlay
 
 import (
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -17,9 +16,6 @@ const (
 	// quietGap is how long a loop must have waited for its device before
 	// the traffic it then gets counts as sparse and starts a spell.
 	quietGap = 5 * time.Millisecond
-	// hotWait and hotSpin: see hotPoll.
-	hotWait = 100 * time.Microsecond
-	hotSpin = 20 * time.Microsecond
 )
 
 // busyPoller trades a CPU for latency (Config.BusyPoll). When sparse
@@ -32,14 +28,13 @@ const (
 // direction, move it faster than one poller. Readers hold the loops'
 // mutexes, so packets stay in order.
 type busyPoller struct {
-	out    *outbound
-	in     *inbound
-	window time.Duration
+	readers [2]*reader // the outbound [loopOut] and inbound [loopIn] loops'
+	ctr     *counters
+	window  time.Duration
 
 	active atomic.Bool
 	kick   chan struct{}    // starts a spell
-	parked [2]chan struct{} // tells the outbound [loopOut] and inbound [loopIn] loops to wait again
-	spells atomic.Uint64
+	parked [2]chan struct{} // tells the loops to wait on their devices again
 }
 
 // bulkBytes moved within one bulkPeriod is bulk traffic, which ends a
@@ -52,8 +47,8 @@ const (
 	loopIn
 )
 
-func newBusyPoller(out *outbound, in *inbound, window time.Duration) *busyPoller {
-	b := &busyPoller{out: out, in: in, window: window, kick: make(chan struct{}, 1)}
+func newBusyPoller(ctr *counters, out, in *reader, window time.Duration) *busyPoller {
+	b := &busyPoller{readers: [2]*reader{loopOut: out, loopIn: in}, ctr: ctr, window: window, kick: make(chan struct{}, 1)}
 	for i := range b.parked {
 		b.parked[i] = make(chan struct{}, 1)
 	}
@@ -85,56 +80,6 @@ func (b *busyPoller) standBy(i int, done <-chan struct{}) {
 	}
 }
 
-// serve is a forwarding loop, loop being loopOut or loopIn: it waits on
-// its device, drains it holding mu (and keeps draining a while when
-// packets come fast: hotPoll), and tells b how long the wait was. It
-// returns the device's error.
-func serve(loop int, b *busyPoller, done <-chan struct{}, mu *sync.Mutex, wait func() error, drain func(max int) (int, error)) error {
-	for {
-		b.standBy(loop, done)
-		t0 := time.Now()
-		if err := wait(); err != nil {
-			return err
-		}
-		waited := time.Since(t0)
-		mu.Lock()
-		_, err := drain(0)
-		mu.Unlock()
-		if err != nil {
-			return err
-		}
-		if waited < hotWait {
-			if err := hotPoll(mu, drain); err != nil {
-				return err
-			}
-		}
-		b.woke(waited)
-	}
-}
-
-// hotPoll keeps draining, yielding the CPU between polls, until hotSpin
-// passed without a packet. A loop calls it when its wait was shorter than
-// hotWait: packets then come faster than parking and being woken take
-// (tens of µs of CPU on a VM), and the next one is likely to arrive
-// within hotSpin. Lab A/B, 5 paired rounds: -P 4 +5.5% (won all five),
-// -P 1 +2%; sparse traffic never gets here.
-func hotPoll(mu *sync.Mutex, drain func(max int) (int, error)) error {
-	last := time.Now()
-	for time.Since(last) < hotSpin {
-		unix.RawSyscall(unix.SYS_SCHED_YIELD, 0, 0, 0)
-		mu.Lock()
-		n, err := drain(0)
-		mu.Unlock()
-		if err != nil {
-			return err
-		}
-		if n > 0 {
-			last = time.Now()
-		}
-	}
-	return nil
-}
-
 // run serves spells until done is closed.
 func (b *busyPoller) run(done <-chan struct{}) {
 	for {
@@ -143,7 +88,7 @@ func (b *busyPoller) run(done <-chan struct{}) {
 		case <-done:
 			return
 		}
-		b.spells.Add(1)
+		b.ctr.busySpells.Add(1)
 		for i := range b.parked { // a wake-up left over from an earlier spell
 			select {
 			case <-b.parked[i]:
@@ -169,18 +114,10 @@ func (b *busyPoller) run(done <-chan struct{}) {
 func (b *busyPoller) spell(done <-chan struct{}) {
 	last := time.Now()
 	mark, markBytes := last, b.moved()
-	devs := [...]struct {
-		mu    *sync.Mutex
-		drain func(max int) (int, error)
-	}{{&b.out.mu, b.out.drain}, {&b.in.mu, b.in.drain}}
 	for {
 		moved := 0
-		for _, d := range devs {
-			if !d.mu.TryLock() {
-				continue // its loop is draining
-			}
-			n, err := d.drain(busyBudget)
-			d.mu.Unlock()
+		for _, r := range b.readers {
+			n, err := r.tryDrain(busyBudget)
 			if err != nil {
 				return
 			}
@@ -213,14 +150,4 @@ func (b *busyPoller) spell(done <-chan struct{}) {
 }
 
 // moved is the forwarder's byte count, both directions.
-func (b *busyPoller) moved() uint64 {
-	c := &b.out.f.ctr
-	return c.bytesIn.Load() + c.bytesOut.Load()
-}
-
-func (f *Forwarder) busySpells() uint64 {
-	if b := f.busy.Load(); b != nil {
-		return b.spells.Load()
-	}
-	return 0
-}
+func (b *busyPoller) moved() uint64 { return b.ctr.bytesIn.Load() + b.ctr.bytesOut.Load() }

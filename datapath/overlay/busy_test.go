@@ -6,7 +6,6 @@ import (
 	"errors"
 	"io"
 	"log/slog"
-	"sync"
 	"testing"
 	"time"
 )
@@ -17,6 +16,8 @@ func (h *fakeHost) spelling() bool {
 	return b != nil && b.active.Load()
 }
 
+// waitFor polls cond every millisecond (a spell can be over within 50 ms,
+// testbed.WaitFor's interval).
 func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
 	t.Helper()
 	for deadline := time.Now().Add(d); !cond(); time.Sleep(time.Millisecond) {
@@ -135,7 +136,7 @@ func TestBusyPollStopsWithRun(t *testing.T) {
 }
 
 func TestBusyPollConfig(t *testing.T) {
-	for _, d := range []time.Duration{-time.Millisecond, maxBusyPoll + 1} {
+	for _, d := range []time.Duration{-time.Millisecond, MaxBusyPoll + 1} {
 		_, err := New(Config{MTU: 1472, BusyPoll: d}, NewFakeTUN("twill0", false), NewFakeNetwork().Listen(ap("192.0.2.1:8285"), false, false))
 		if !errors.Is(err, ErrInvalid) {
 			t.Errorf("busy poll %v: %v", d, err)
@@ -146,27 +147,29 @@ func TestBusyPollConfig(t *testing.T) {
 // TestHotPoll: after a short wait the loop keeps draining until hotSpin
 // passed without a packet, and stops at a device error.
 func TestHotPoll(t *testing.T) {
-	var mu sync.Mutex
+	r := &reader{}
 	gaps := []time.Duration{0, hotSpin / 2, hotSpin / 2} // packets at these delays
 	start := time.Now()
 	next := time.Duration(0)
-	err := hotPoll(&mu, func(int) (int, error) {
-		if mu.TryLock() {
-			t.Fatal("drain called without the loop's mutex")
+	r.step = func() (bool, error) {
+		if r.mu.TryLock() {
+			t.Fatal("step called without the reader's mutex")
 		}
 		if len(gaps) > 0 && time.Since(start) >= next+gaps[0] {
 			next += gaps[0]
 			gaps = gaps[1:]
-			return 1, nil
+			return true, nil
 		}
-		return 0, nil
-	})
+		return false, nil
+	}
+	err := hotPoll(r)
 	took := time.Since(start)
 	if err != nil || len(gaps) != 0 || took < next+hotSpin {
 		t.Fatalf("err %v, %d packets left undrained, returned after %v (last packet at %v)", err, len(gaps), took, next)
 	}
 	boom := errors.New("device gone")
-	if err := hotPoll(&mu, func(int) (int, error) { return 0, boom }); err != boom {
-		t.Fatalf("error %v, want the drain's", err)
+	r.step = func() (bool, error) { return false, boom }
+	if err := hotPoll(r); err != boom {
+		t.Fatalf("error %v, want the step's", err)
 	}
 }

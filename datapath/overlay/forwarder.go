@@ -31,8 +31,9 @@ const (
 	OffloadOff  = "off"  // plain path: one packet per read and write
 )
 
-// maxBusyPoll bounds Config.BusyPoll: beyond it the CPU is just burnt.
-const maxBusyPoll = 10 * time.Second
+// MaxBusyPoll bounds Config.BusyPoll (TWILL_BUSY_POLL): beyond it the CPU
+// is just burnt.
+const MaxBusyPoll = 10 * time.Second
 
 // Config configures a Forwarder. The caller (cmd/twilld) validates
 // settings; Open fills in defaults for zero values.
@@ -75,8 +76,8 @@ func (c *Config) setDefaults() error {
 	if c.SocketBuffer == 0 {
 		c.SocketBuffer = 8 << 20
 	}
-	if c.BusyPoll < 0 || c.BusyPoll > maxBusyPoll {
-		return fmt.Errorf("busy poll %v outside 0..%v: %w", c.BusyPoll, maxBusyPoll, ErrInvalid)
+	if c.BusyPoll < 0 || c.BusyPoll > MaxBusyPoll {
+		return fmt.Errorf("busy poll %v outside 0..%v: %w", c.BusyPoll, MaxBusyPoll, ErrInvalid)
 	}
 	if c.LogInterval == 0 {
 		c.LogInterval = 30 * time.Second
@@ -95,7 +96,7 @@ type Forwarder struct {
 	conn PacketConn
 	tab  atomic.Pointer[table]
 	ctr  counters
-	busy atomic.Pointer[busyPoller] // while Run runs with Config.BusyPoll, for Stats
+	busy atomic.Pointer[busyPoller] // while Run runs with Config.BusyPoll (tests watch its spells)
 
 	tunMu sync.Mutex // serialises TUN writes: the inbound loop's and outbound's ICMP replies
 
@@ -131,17 +132,17 @@ func (f *Forwarder) Run(ctx context.Context) error {
 	defer cancel()
 	out := newOutbound(f)
 	in := newInbound(f, out)
+	var busy *busyPoller // nil: busy polling off
 	if f.cfg.BusyPoll > 0 {
-		b := newBusyPoller(out, in, f.cfg.BusyPoll)
-		out.busy, in.busy = b, b
-		f.busy.Store(b)
+		busy = newBusyPoller(&f.ctr, &out.rd, &in.rd, f.cfg.BusyPoll)
+		f.busy.Store(busy)
 	}
 	errc := make(chan error, 2)
 	var wg sync.WaitGroup
-	wg.Go(func() { errc <- out.run(ctx.Done()) })
-	wg.Go(func() { errc <- in.run(ctx.Done()) })
-	if out.busy != nil {
-		wg.Go(func() { out.busy.run(ctx.Done()) })
+	wg.Go(func() { errc <- serve(loopOut, &out.rd, busy, ctx.Done()) })
+	wg.Go(func() { errc <- serve(loopIn, &in.rd, busy, ctx.Done()) })
+	if busy != nil {
+		wg.Go(func() { busy.run(ctx.Done()) })
 	}
 	wg.Go(func() { f.logDrops(ctx) })
 	f.log.Info("overlay datapath running", "tun", f.tun.Name(), "path", f.path(), "mtu", f.cfg.MTU)
@@ -293,7 +294,7 @@ func (f *Forwarder) Stats() Stats {
 		TUNOffload: f.tun.VnetHdr(), UDPGSO: f.conn.GSO(), UDPGRO: f.conn.GRO(),
 		PacketsOut: f.ctr.packetsOut.Load(), BytesOut: f.ctr.bytesOut.Load(),
 		PacketsIn: f.ctr.packetsIn.Load(), BytesIn: f.ctr.bytesIn.Load(),
-		BusyPollSpells: f.busySpells(),
+		BusyPollSpells: f.ctr.busySpells.Load(),
 		TUNReads:       f.ctr.tunReads.Load(), TUNReadsAfterWrite: f.ctr.tunReadsAfterWrite.Load(), UDPSends: f.ctr.udpSends.Load(),
 		UDPRecvs: f.ctr.udpRecvs.Load(), TUNWrites: f.ctr.tunWrites.Load(),
 		UnreachablesSent: f.ctr.unreachables.Load(),

@@ -436,7 +436,7 @@ func TestInboundForwardsTheAnswer(t *testing.T) {
 	out := newOutbound(f)
 	in := newInbound(f, out)
 	n.Send(ap("192.0.2.2:8285"), ap("192.0.2.1:8285"), mkUDP("10.96.2.5", "10.96.1.7", []byte("ping")))
-	if k, err := in.drain(0); k != 1 || err != nil {
+	if k, err := in.rd.drain(0); k != 1 || err != nil {
 		t.Fatalf("inbound drained %d batches: %v", k, err)
 	}
 	recv(t, tun)
@@ -451,7 +451,7 @@ func TestInboundForwardsTheAnswer(t *testing.T) {
 	if err := tun.WaitRead(); err != nil {
 		t.Fatal(err) // the second answer must still signal the outbound loop
 	}
-	if k, err := out.drain(0); k != 1 || err != nil {
+	if k, err := out.rd.drain(0); k != 1 || err != nil {
 		t.Fatalf("outbound drained %d: %v", k, err)
 	}
 	if k, err := readBatch(peer, msgs); err != nil || k != 1 || !bytes.HasSuffix(msgs[0].Buffers[0][:msgs[0].N], []byte("pong2")) {

@@ -1,9 +1,6 @@
 package overlay
 
-import (
-	"sync"
-	"time"
-)
+import "time"
 
 // Receive batch sizes: with UDP GRO each buffer can hold a 64 KB train.
 const (
@@ -14,14 +11,10 @@ const (
 // inbound moves datagrams from the UDP socket to the TUN. All buffers are
 // allocated once; handle allocates nothing.
 type inbound struct {
-	// mu is held while reading the socket and delivering what was read,
-	// by the inbound loop or the busy poller: one reader at a time keeps
-	// packets in order.
-	mu     sync.Mutex
+	rd     reader // the socket
 	f      *Forwarder
-	busy   *busyPoller // nil unless Config.BusyPoll
-	out    *outbound   // polled after writes (outbound.poll)
-	wrote  bool        // this batch wrote to the TUN
+	out    *outbound // polled after writes (outbound.poll)
+	wrote  bool      // this batch wrote to the TUN
 	vnet   bool
 	mtu    int
 	msgs   []Message
@@ -46,29 +39,19 @@ func newInbound(f *Forwarder, out *outbound) *inbound {
 		in.msgs[i].Buffers = in.bufs[i : i+1]
 	}
 	in.co = newCoalescer(in.write)
+	in.rd.wait, in.rd.step = f.conn.WaitRead, in.step
 	return in
 }
 
-// run waits for datagrams and delivers them until the socket fails.
-func (in *inbound) run(done <-chan struct{}) error {
-	return serve(loopIn, in.busy, done, &in.mu, in.f.conn.WaitRead, in.drain)
-}
-
-// drain delivers queued datagrams until none is left or, when max > 0,
-// max batches were read; it returns the batches read. The caller holds
-// in.mu.
-func (in *inbound) drain(max int) (int, error) {
-	n := 0
-	for max == 0 || n < max {
-		k, err := in.f.conn.TryReadBatch(in.msgs)
-		if err != nil || k == 0 {
-			return n, err
-		}
-		n++
-		in.f.ctr.udpRecvs.Add(1)
-		in.handle(in.msgs[:k])
+// step delivers one batch of queued datagrams, if any (reader.step).
+func (in *inbound) step() (bool, error) {
+	k, err := in.f.conn.TryReadBatch(in.msgs)
+	if err != nil || k == 0 {
+		return false, err
 	}
-	return n, nil
+	in.f.ctr.udpRecvs.Add(1)
+	in.handle(in.msgs[:k])
+	return true, nil
 }
 
 // handle checks and delivers one received batch.

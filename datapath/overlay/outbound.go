@@ -1,9 +1,6 @@
 package overlay
 
-import (
-	"errors"
-	"sync"
-)
+import "errors"
 
 // pollBudget caps the packets the inbound loop forwards from the TUN after
 // one batch of writes: the answer those writes caused, not a bulk flow,
@@ -15,12 +12,8 @@ const pollBudget = 1
 // outbound moves packets from the TUN to the peers. All buffers are
 // allocated once; handle allocates nothing.
 type outbound struct {
-	// mu is held while reading the TUN and forwarding what was read, by
-	// the outbound loop or by the inbound loop's poll: one reader at a
-	// time keeps packets in order.
-	mu    sync.Mutex
+	rd    reader // the TUN
 	f     *Forwarder
-	busy  *busyPoller // nil unless Config.BusyPoll
 	vnet  bool
 	buf   []byte    // one TUN read: [vnet header] packet
 	hdrs  []byte    // segment headers, maxHeader bytes each
@@ -34,7 +27,7 @@ type outbound struct {
 }
 
 func newOutbound(f *Forwarder) *outbound {
-	return &outbound{
+	o := &outbound{
 		f:     f,
 		vnet:  f.tun.VnetHdr(),
 		buf:   make([]byte, vnetHdrLen+maxIPPacket),
@@ -45,27 +38,19 @@ func newOutbound(f *Forwarder) *outbound {
 		icmp:  make([]byte, icmpMaxLen),
 		reply: plainFrame{vnet: f.tun.VnetHdr()},
 	}
+	o.rd.wait, o.rd.step = f.tun.WaitRead, o.step
+	return o
 }
 
-// run waits for packets on the TUN and forwards them until the device fails.
-func (o *outbound) run(done <-chan struct{}) error {
-	return serve(loopOut, o.busy, done, &o.mu, o.f.tun.WaitRead, o.drain)
-}
-
-// drain forwards the packets queued on the TUN until none is left or, when
-// max > 0, max were forwarded; it returns how many. The caller holds o.mu.
-func (o *outbound) drain(max int) (int, error) {
-	n := 0
-	for max == 0 || n < max {
-		k, err := o.f.tun.TryRead(o.buf)
-		if err != nil || k == 0 {
-			return n, err
-		}
-		n++
-		o.f.ctr.tunReads.Add(1)
-		o.handle(o.buf[:k])
+// step forwards one packet queued on the TUN, if any (reader.step).
+func (o *outbound) step() (bool, error) {
+	k, err := o.f.tun.TryRead(o.buf)
+	if err != nil || k == 0 {
+		return false, err
 	}
-	return n, nil
+	o.f.ctr.tunReads.Add(1)
+	o.handle(o.buf[:k])
+	return true, nil
 }
 
 // poll is called by the inbound loop after it wrote to the TUN. A write
@@ -76,11 +61,7 @@ func (o *outbound) drain(max int) (int, error) {
 // When the outbound loop is busy it keeps the packets; what poll leaves
 // beyond its budget still wakes that loop.
 func (o *outbound) poll() {
-	if !o.mu.TryLock() {
-		return
-	}
-	n, _ := o.drain(pollBudget) // an error is the outbound loop's to report
-	o.mu.Unlock()
+	n, _ := o.rd.tryDrain(pollBudget) // an error is the outbound loop's to report
 	o.f.ctr.tunReadsAfterWrite.Add(uint64(n))
 }
 

@@ -55,6 +55,7 @@ type counters struct {
 	packetsIn, bytesIn   atomic.Uint64 // packets written to the TUN
 	tunReads, udpSends   atomic.Uint64 // system calls, for the batching ratio
 	tunReadsAfterWrite   atomic.Uint64 // of tunReads, those the inbound loop made (outbound.poll)
+	busySpells           atomic.Uint64 // busy polling spells started
 	udpRecvs, tunWrites  atomic.Uint64
 	unreachables         atomic.Uint64 // ICMP net unreachable sent back for no_route drops
 }
