@@ -13,11 +13,11 @@ import (
 	"github.com/twill-net/twill/internal/testbed"
 )
 
-const transferBytes = 100 << 20
+const transferBytes = 200 << 20 // the bar: a sha256-checked 200 MB transfer each way
 
 // TestKernelTransfer runs real forwarders on two hosts and moves traffic
 // between their containers: ping (container to container and to the other
-// host's twill0 address) and 100 MB TCP both ways with a sha256 check, then
+// host's twill0 address) and 200 MB TCP both ways with a sha256 check, then
 // again with transmit checksum offload off on the container veths (the
 // kernel then computes checksums in software, which exposes wrong partial
 // checksums). Modes: both hosts on the offload path, both plain, and one
@@ -61,7 +61,7 @@ func TestKernelTransfer(t *testing.T) {
 			}
 			o12 := tp.transfer(1, 2, transferBytes)
 			o21 := tp.transfer(2, 1, transferBytes)
-			t.Logf("100 MB: 1->2 %v, 2->1 %v; tx off: %v, %v", d12, d21, o12, o21)
+			t.Logf("200 MB: 1->2 %v, 2->1 %v; tx off: %v, %v", d12, d21, o12, o21)
 			tp.checkNoCsumErrors()
 			if mode.busy > 0 {
 				// Polling while pings keep coming, asleep once they stop.
