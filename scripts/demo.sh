@@ -125,6 +125,7 @@ report() {
 
 case ${1:-up} in
 up)
+	testbed_lock
 	trap 'trap - ERR; echo "demo failed; what is up stays up for a look (scripts/testbed.sh status, logs in /var/lib/twe/hN/dockerd.log); make demo-down removes it" >&2' ERR
 	up
 	;;

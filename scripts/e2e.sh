@@ -10,6 +10,7 @@ cd "$ROOT"
 # shellcheck source=lib.sh
 . scripts/lib.sh
 need_root "the e2e run"
+testbed_lock
 ensure_cmds ip nsenter dockerd containerd runc etcd etcdctl docker-registry busybox docker-compose iptables
 command -v go >/dev/null || die "go is not installed"
 

@@ -54,4 +54,16 @@ ensure_cmds() {
 	done
 }
 
+# testbed_lock waits for, then holds until the calling script exits, the one
+# lock of the machine's Docker testbed: its namespaces, sockets and state
+# directory have fixed names (twe-*), so two runs at once would tear down each
+# other's hosts.
+testbed_lock() {
+	exec 9>/run/twe.lock
+	if ! flock -n 9; then
+		say "waiting for another run of the testbed to finish (/run/twe.lock)"
+		flock 9
+	fi
+}
+
 need_root() { [ "$(id -u)" = 0 ] || die "$1 needs root (network namespaces, dockerd)"; }
