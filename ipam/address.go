@@ -41,10 +41,14 @@ func (p *IPAM) RequestAddress(ctx context.Context, req *ipamapi.RequestAddressRe
 	}
 	now := time.Now()
 	s.used[addr] = now
+	ops := []store.Op{addressPut(addr, s, gateway, now)}
+	var bound time.Time
 	if gateway {
 		s.gateway = addr
+		bound = p.bindPending(pl)
+		ops = append(ops, poolOp(pl))
 	}
-	pending := p.store.Submit(addressPut(addr, s, gateway, now))
+	pending := p.store.Submit(ops...)
 	p.mu.Unlock()
 
 	if err := pending.Wait(); err != nil {
@@ -52,6 +56,10 @@ func (p *IPAM) RequestAddress(ctx context.Context, req *ipamapi.RequestAddressRe
 		delete(s.used, addr)
 		if gateway && s.gateway == addr {
 			s.gateway = netip.Addr{}
+		}
+		if !bound.IsZero() && pl.Refs > 0 {
+			pl.Refs--
+			pl.pending = append([]time.Time{bound}, pl.pending...)
 		}
 		p.mu.Unlock()
 		return nil, fmt.Errorf("recording address %s of pool %s: %w", addr, pl.ID, err)
@@ -130,7 +138,17 @@ func (p *IPAM) ReleaseAddress(ctx context.Context, req *ipamapi.ReleaseAddressRe
 		p.mu.Unlock()
 		return nil
 	}
-	return p.release(p.subnets[pl.Subnet], a)
+	s := p.subnets[pl.Subnet]
+	var ops []store.Op
+	if _, held := s.used[a]; held && a == s.gateway && pl.Refs > 0 {
+		// The network gives its gateway back on its way out (removal, or a
+		// create failing after the gateway): its reference is no longer
+		// held, and the ReleasePool that follows drops it.
+		pl.Refs--
+		pl.pending = append(pl.pending, time.Now())
+		ops = append(ops, poolOp(pl))
+	}
+	return p.release(s, a, ops...)
 }
 
 // Release frees addr wherever it is held, for reconciliation of endpoints
@@ -156,8 +174,8 @@ func (p *IPAM) Forget(ctx context.Context, prefix netip.Prefix) error {
 	var ops []store.Op
 	for _, pl := range p.pools {
 		if pl.Subnet == prefix {
-			pl.Refs = 1
-			ops = append(ops, p.dropRef(pl)...)
+			pl.Refs, pl.pending = 0, nil
+			ops = append(ops, p.forgetIfUnused(pl)...)
 		}
 	}
 	if s, ok := p.subnets[prefix]; ok { // a subnet without pools: only from load
@@ -177,8 +195,9 @@ func (p *IPAM) Forget(ctx context.Context, prefix netip.Prefix) error {
 	return nil
 }
 
-// release frees a in s. Called with p.mu held; releases it.
-func (p *IPAM) release(s *subnet, a netip.Addr) error {
+// release frees a in s and records it with ops. Called with p.mu held;
+// releases it.
+func (p *IPAM) release(s *subnet, a netip.Addr, ops ...store.Op) error {
 	if _, held := s.used[a]; !held {
 		p.mu.Unlock()
 		return nil
@@ -187,7 +206,7 @@ func (p *IPAM) release(s *subnet, a netip.Addr) error {
 	if s.gateway == a {
 		s.gateway = netip.Addr{}
 	}
-	pending := p.store.Submit(addressDelete(a))
+	pending := p.store.Submit(append(ops, addressDelete(a))...)
 	p.mu.Unlock()
 	if err := pending.Wait(); err != nil {
 		// Memory has freed it, disk still holds it: after a restart the

@@ -55,6 +55,13 @@ var (
 	ErrAddressInUse  = errors.New("already in use")
 	ErrSubnetInUse   = errors.New("already backs another twill network on this host")
 	ErrPoolExhausted = errors.New("no free address left")
+	// ErrNoSubnet refuses a network created without --subnet. dockerd
+	// (libnetwork's requestPoolHelper in 20.10, the Exclude retry in 27+)
+	// rejects any pool it did not ask for by prefix when it overlaps a
+	// route of the host, holds it and asks again; every twill pool lies in
+	// an overlay routed through twill0, so no answer could end that loop.
+	ErrNoSubnet       = errors.New("twill networks need --subnet (the overlay)")
+	ErrTooManyPending = errors.New("too many pool requests that made no network")
 )
 
 // Overlays hands out this host's subnet of an overlay. The lease manager
@@ -103,13 +110,25 @@ func GetDefaultAddressSpaces() *ipamapi.AddressSpacesResponse {
 // pool is what one RequestPool answered: this host's subnet of an overlay,
 // narrowed to rng by --ip-range. Pools with the same ID are one pool with a
 // reference count.
+//
+// A reference is pending from RequestPool until the network's gateway is
+// allocated through the pool (Docker asks for it milliseconds later), and
+// held by that network from then on. Pending references expire
+// (ExpirePending) and are bounded (MaxPending): a network create abandoned
+// half way must not keep a pool, or make the state grow, forever.
 type pool struct {
 	ID      string       `json:"-"`
 	Overlay netip.Prefix `json:"Overlay"`
 	Subnet  netip.Prefix `json:"Subnet"`
 	Range   netip.Prefix `json:"Range"`
-	Refs    int          `json:"Refs"`
+	Refs    int          `json:"Refs"`              // references networks hold
+	Pending int          `json:"Pending,omitempty"` // len(pending), as written to disk
+
+	pending []time.Time // when each pending reference was handed out, oldest first
 }
+
+// refs is every reference to pl, held or pending.
+func (pl *pool) refs() int { return pl.Refs + len(pl.pending) }
 
 // subnet is the allocation state of one of this host's subnets, shared by
 // every pool on it.

@@ -71,14 +71,14 @@ func TestRequestPool(t *testing.T) {
 		errSubstr string
 	}{
 		{"subnet maps to host share", ipamapi.RequestPoolRequest{AddressSpace: LocalAddressSpace, Pool: "10.96.0.0/16"}, "10.96.7.0/24", nil, ""},
-		{"no subnet uses default overlay", ipamapi.RequestPoolRequest{AddressSpace: LocalAddressSpace}, "10.96.7.0/24", nil, ""},
+		{"no subnet refused with what to type", ipamapi.RequestPoolRequest{AddressSpace: LocalAddressSpace}, "", ErrNoSubnet, "--subnet 10.96.0.0/16"},
 		{"global space", ipamapi.RequestPoolRequest{AddressSpace: GlobalAddressSpace, Pool: "10.97.0.0/16"}, "10.97.3.0/24", nil, ""},
 		{"ip-range inside", ipamapi.RequestPoolRequest{AddressSpace: LocalAddressSpace, Pool: "10.96.0.0/16", SubPool: "10.96.7.128/25"}, "10.96.7.0/24", nil, ""},
 		{"ip-range outside", ipamapi.RequestPoolRequest{AddressSpace: LocalAddressSpace, Pool: "10.96.0.0/16", SubPool: "10.96.200.0/24"}, "", ErrOutsideSubnet, "10.96.7.0/24"},
 		{"ip-range wider than host share", ipamapi.RequestPoolRequest{AddressSpace: LocalAddressSpace, Pool: "10.96.0.0/16", SubPool: "10.96.0.0/20"}, "", ErrOutsideSubnet, "inside 10.96.7.0/24"},
 		{"ipv6", ipamapi.RequestPoolRequest{AddressSpace: LocalAddressSpace, Pool: "fd00::/64", V6: true}, "", ErrIPv6, "--ipv6"},
 		{"default ipam space", ipamapi.RequestPoolRequest{AddressSpace: "LocalDefault", Pool: "10.96.0.0/16"}, "", ErrAddressSpace, "LocalDefault"},
-		{"ipam options", ipamapi.RequestPoolRequest{AddressSpace: LocalAddressSpace, Options: map[string]string{"foo": "bar"}}, "", ErrBadOption, "--ipam-opt foo"},
+		{"ipam options", ipamapi.RequestPoolRequest{AddressSpace: LocalAddressSpace, Pool: "10.96.0.0/16", Options: map[string]string{"foo": "bar"}}, "", ErrBadOption, "--ipam-opt foo"},
 		{"garbage subnet", ipamapi.RequestPoolRequest{AddressSpace: LocalAddressSpace, Pool: "ten.96/16"}, "", ErrBadRequest, "ten.96/16"},
 		{"overlay error passes through", ipamapi.RequestPoolRequest{AddressSpace: LocalAddressSpace, Pool: "10.98.0.0/16"}, "", nil, "no free /24 left"},
 	}

@@ -24,9 +24,10 @@ type addressRecord struct {
 }
 
 func poolOp(pl *pool) store.Op {
-	if pl.Refs <= 0 {
+	if pl.refs() <= 0 {
 		return store.Op{Bucket: poolBucket, Key: pl.ID}
 	}
+	pl.Pending = len(pl.pending)
 	v, _ := json.Marshal(pl) // netip types cannot fail to marshal
 	return store.Op{Bucket: poolBucket, Key: pl.ID, Value: v}
 }
@@ -52,6 +53,14 @@ func (p *IPAM) load() error {
 			return fmt.Errorf("decoding pool %s: %w", key, err)
 		}
 		pl.ID = key
+		// Pending references restart their grace now: when they were
+		// handed out is not on disk, and a little late is never too early.
+		for range pl.Pending {
+			pl.pending = append(pl.pending, time.Now())
+		}
+		if pl.refs() <= 0 {
+			return nil
+		}
 		p.pools[key] = &pl
 		p.subnetFor(pl.Overlay, pl.Subnet)
 		return nil

@@ -88,7 +88,8 @@ func (n *node) sweepVanished(ctx context.Context, now time.Time, missing map[str
 	return removed
 }
 
-// sweepLoop runs both sweeps every OrphanAge/4 until ctx ends.
+// sweepLoop runs both sweeps, and drops pool references that no network
+// used (ipam.PendingGrace), every OrphanAge/4 until ctx ends.
 func (n *node) sweepLoop(ctx context.Context) {
 	t := time.NewTicker(max(n.cfg.OrphanAge/4, time.Second))
 	defer t.Stop()
@@ -100,6 +101,9 @@ func (n *node) sweepLoop(ctx context.Context) {
 		case now := <-t.C:
 			n.sweepVanished(ctx, now, missing)
 			n.sweepOrphans(ctx, now)
+			if _, err := n.ipam.ExpirePending(ctx, now); err != nil {
+				n.log.Warn("dropping unused pool references", "err", err)
+			}
 		}
 	}
 }
