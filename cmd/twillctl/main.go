@@ -18,7 +18,14 @@ import (
 	"github.com/twill-net/twill/internal/subnet"
 )
 
-const usage = `usage: twillctl [--socket PATH] [--json] COMMAND
+const usage = `usage: twillctl [flags] COMMAND [flags]
+
+flags (before or after the command):
+  --socket PATH          twilld's control socket (env TWILL_CONTROL_SOCKET,
+                         default <TWILL_STATE_DIR>/twill-ctl.sock, /var/lib/twill)
+  --json                 print JSON instead of a table
+  --etcd-endpoints URLS  etcd for ` + "`leases`" + ` when no twilld answers here (env ETCD_ENDPOINTS)
+  --etcd-prefix PREFIX   etcd key prefix (env ETCD_PREFIX, default /coreos.com/network)
 
 commands:
   status      this host: subnets, lease expiry, etcd health, MTU, offloads, uptime
@@ -58,17 +65,21 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	endpoints := fs.String("etcd-endpoints", os.Getenv("ETCD_ENDPOINTS"), "etcd URLs for `leases` when no twilld answers here (env ETCD_ENDPOINTS)")
 	prefix := fs.String("etcd-prefix", envOr("ETCD_PREFIX", "/coreos.com/network"), "etcd key prefix (env ETCD_PREFIX)")
-	if err := fs.Parse(args); err != nil {
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
 		return 2
 	}
-	if fs.NArg() != 1 {
+	if len(pos) != 1 {
+		if len(pos) > 1 {
+			fmt.Fprintf(stderr, "twillctl: one command expected, got %q\n", pos)
+		}
 		fs.Usage()
 		return 2
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	c := control.NewClient(*sock)
-	cmd := fs.Arg(0)
+	cmd := pos[0]
 	var eps []string
 	for _, e := range strings.Split(*endpoints, ",") {
 		if e = strings.TrimSpace(e); e != "" {

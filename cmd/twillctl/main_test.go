@@ -18,17 +18,20 @@ import (
 
 var update = flag.Bool("update", false, "rewrite the golden files")
 
-// fakeSource is a daemon with fixed answers.
-type fakeSource struct{ left bool }
+// fakeSource is a daemon with fixed answers; exp is every lease's expiry.
+type fakeSource struct {
+	left bool
+	exp  time.Time
+}
 
 func (f *fakeSource) Status(ctx context.Context) (control.Status, error) {
 	return control.Status{Hostname: "node-a", PublicIP: "10.0.0.1", Port: 8285, Underlay: "eth0", MTU: 1472,
 		Offload: "offload", BusyPoll: "50ms, 12 spells", Etcd: "http://10.0.0.5:2379", EtcdHealthy: true, UptimeSecond: 3725,
-		Overlays: []control.OverlayLease{{Network: "10.96.0.0/16", Subnet: "10.96.7.0/24", Default: true, Expiry: time.Now().Add(23*time.Hour + 30*time.Second)}}}, nil
+		Overlays: []control.OverlayLease{{Network: "10.96.0.0/16", Subnet: "10.96.7.0/24", Default: true, Expiry: f.exp}}}, nil
 }
 
 func (f *fakeSource) Leases(ctx context.Context) ([]control.Lease, error) {
-	exp := time.Now().Add(23*time.Hour + 30*time.Second)
+	exp := f.exp
 	return []control.Lease{
 		{Network: "10.96.0.0/16", Subnet: "10.96.9.0/24", PublicIP: "10.0.0.2", Expiry: exp},
 		{Network: "10.96.0.0/16", Subnet: "10.96.7.0/24", PublicIP: "10.0.0.1", Expiry: exp, Self: true},
@@ -67,7 +70,7 @@ func serveFake(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: control.Handler(&fakeSource{}, nil)}
+	srv := &http.Server{Handler: control.Handler(&fakeSource{exp: time.Now().Add(23*time.Hour + 30*time.Second)}, nil)}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
 	return sock
@@ -139,5 +142,93 @@ func TestErrorsSayWhatToDo(t *testing.T) {
 	run([]string{"--socket", sock, "leave"}, &out, &errb)
 	if rc := run([]string{"--socket", sock, "leave"}, &out, &errb); rc != 1 || !strings.Contains(errb.String(), "no lease held") {
 		t.Errorf("second leave: rc %d, stderr %q", rc, errb.String())
+	}
+}
+
+// TestFlagsEitherSide: every command gives the same output and exit code with
+// its flags before the command (`twillctl --json status`), after it
+// (`twillctl status --json`, as with docker and kubectl) and split around it.
+func TestFlagsEitherSide(t *testing.T) {
+	none := filepath.Join(t.TempDir(), "none.sock") // doctor against no daemon: no traffic leaves this test
+	for _, tc := range []struct {
+		cmd   string
+		fresh bool                         // a new daemon per run (leave changes its state)
+		flags func(sock string) [][]string // one flag (and its value) each
+	}{
+		{cmd: "status", flags: func(s string) [][]string { return [][]string{{"--socket", s}, {"--json"}} }},
+		{cmd: "status", flags: func(s string) [][]string { return [][]string{{"-json=false"}, {"-socket=" + s}} }},
+		{cmd: "leases", flags: func(s string) [][]string { return [][]string{{"--json"}, {"--socket", s}, {"--etcd-prefix", "/x"}} }},
+		{cmd: "peers", flags: func(s string) [][]string { return [][]string{{"--etcd-endpoints", ""}, {"--socket", s}} }},
+		{cmd: "networks", flags: func(s string) [][]string { return [][]string{{"--socket", s}, {"--json"}} }},
+		{cmd: "endpoints", flags: func(s string) [][]string { return [][]string{{"--json"}, {"--socket=" + s}} }},
+		{cmd: "doctor", flags: func(string) [][]string { return [][]string{{"--socket", none}, {"--json"}} }},
+		{cmd: "doctor", flags: func(string) [][]string { return [][]string{{"--json=0"}, {"--socket", none}} }},
+		{cmd: "leave", fresh: true, flags: func(s string) [][]string { return [][]string{{"--socket", s}, {"--json"}} }},
+		{cmd: "leave", fresh: true, flags: func(s string) [][]string { return [][]string{{"--json=false"}, {"--socket", s}} }},
+	} {
+		shared := serveFake(t)
+		flags := func() [][]string {
+			if tc.fresh {
+				return tc.flags(serveFake(t))
+			}
+			return tc.flags(shared)
+		}
+		join := func(parts ...[][]string) []string {
+			var out []string
+			for _, p := range parts {
+				for _, f := range p {
+					out = append(out, f...)
+				}
+			}
+			return out
+		}
+		cmd := [][]string{{tc.cmd}}
+		f := flags()
+		before := join(f, cmd)
+		f = flags()
+		after := join(cmd, f)
+		f = flags()
+		split := join(f[:1], cmd, f[1:])
+		var want string
+		wantRC := -1
+		for _, args := range [][]string{before, after, split} {
+			var out, errb bytes.Buffer
+			rc := run(args, &out, &errb)
+			if strings.Contains(errb.String(), "usage:") {
+				t.Errorf("%q: usage printed: %s", args, errb.String())
+			}
+			if wantRC == -1 {
+				want, wantRC = out.String(), rc
+				if want == "" {
+					t.Errorf("%q printed nothing (rc %d): %s", args, rc, errb.String())
+				}
+				continue
+			}
+			if rc != wantRC || out.String() != want {
+				t.Errorf("%q: rc %d, output\n%s\nwant rc %d, output\n%s", args, rc, out.String(), wantRC, want)
+			}
+		}
+	}
+}
+
+// TestBadArguments: unknown flags, missing values and extra words are refused
+// with a message saying which, wherever they stand.
+func TestBadArguments(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"status", "--bogus"}, "flag provided but not defined: -bogus"},
+		{[]string{"--bogus", "status"}, "flag provided but not defined: -bogus"},
+		{[]string{"status", "--socket"}, "flag needs an argument: -socket"},
+		{[]string{"status", "peers"}, `one command expected, got ["status" "peers"]`},
+		{[]string{"--json"}, "usage: twillctl"},
+		{[]string{"--", "--json"}, `twillctl --json: "--json": unknown command`},
+	} {
+		var out, errb bytes.Buffer
+		rc := run(tc.args, &out, &errb)
+		if rc == 0 || !strings.Contains(errb.String(), tc.want) {
+			t.Errorf("%q: rc %d, stderr %q, want it to say %q", tc.args, rc, errb.String(), tc.want)
+		}
 	}
 }
