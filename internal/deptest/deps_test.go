@@ -1,6 +1,3 @@
-// Package deptest keeps twill's dependencies pointing one way (STYLE.md):
-// cmd wires everything; driver and ipam see the kernel and etcd only
-// through interfaces; the datapath never sees etcd or the plugin API.
 package deptest
 
 import (
