@@ -36,6 +36,7 @@ func TestTwill(t *testing.T) {
 		fatal bool // the following steps make no sense without this one
 	}{
 		{"NetworkCreate", (*scenario).networkCreate, true},
+		{"NetworkCreateWithoutSubnet", (*scenario).noSubnet, false},
 		{"Containers", (*scenario).containers, true},
 		{"HostView", (*scenario).hostView, false},
 		{"PingMatrix", (*scenario).pingMatrix, false},
