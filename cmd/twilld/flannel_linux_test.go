@@ -59,14 +59,18 @@ func readSubnetEnv(t *testing.T, path string, p *testbed.Proc) map[string]string
 	return vars
 }
 
-// TestFlannelInterop puts a real flanneld (udp backend, v0.20.2) and twilld on
-// one etcd and one overlay, a container behind each, and checks that they
-// find each other's leases and carry ping and sha256-checked TCP both ways:
-// the etcd schema and the wire format are flannel's, not a likeness of them.
+// TestFlannelInterop puts a real flanneld (udp backend; make test builds the
+// version tools/flanneld pins, v0.28.10) and twilld on one etcd and one
+// overlay, a container behind each, and checks that they find each other's
+// leases and carry ping and sha256-checked TCP both ways: the etcd schema and
+// the wire format are flannel's, not a likeness of them.
 // twilld runs its fast path (GSO trains out, GRO in); flanneld moves one
 // packet per system call, so each side sees the other's wire format only.
 func TestFlannelInterop(t *testing.T) {
 	bin := flanneldBinary(t)
+	if v, err := exec.Command(bin, "--version").CombinedOutput(); err == nil {
+		t.Logf("flanneld %s", strings.TrimSpace(string(v)))
+	}
 	c := newCluster(t, "twkg")
 	h1 := c.start(1)
 	h1.net = h1.docker.CreateNetwork(t, testbed.ID("twkg-blue"), "10.96.0.0/16", nil)
