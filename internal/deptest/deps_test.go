@@ -29,6 +29,9 @@ func TestDependenciesPointOneWay(t *testing.T) {
 		{"datapath/links", []string{"go.etcd.io/etcd", "github.com/docker/go-plugins-helpers", module + "driver", module + "ipam", module + "plugin", module + "internal/subnet"}},
 		{"datapath/firewall", []string{"go.etcd.io/etcd", "github.com/docker/go-plugins-helpers", module + "driver", module + "ipam", module + "plugin", module + "internal/subnet"}},
 		{"plugin", []string{"github.com/vishvananda/netlink", "go.etcd.io/etcd", module + "datapath", module + "internal/subnet", module + "cmd"}},
+		// names: records, resolver and the Docker watcher; the address it
+		// listens on is put on the host by the datapath, wired in cmd.
+		{"names", []string{"github.com/vishvananda/netlink", module + "datapath", module + "driver", module + "ipam", module + "plugin", module + "internal/subnet", module + "cmd", "github.com/docker/go-plugins-helpers"}},
 		{"internal/subnet", []string{module + "datapath", module + "driver", module + "ipam", module + "plugin", "github.com/docker/go-plugins-helpers"}},
 	}
 	for _, r := range rules {

@@ -1,0 +1,174 @@
+package names
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"slices"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// upstream is a real DNS server on loopback standing in for the host's
+// resolver: it answers NAME A 198.51.100.N for every name, with n records
+// (large answers come truncated over UDP, whole over TCP).
+type upstream struct {
+	addr    netip.AddrPort
+	n       int
+	queries atomic.Int64
+	sawEDNS atomic.Int64
+}
+
+func startUpstream(t *testing.T, n int) *upstream {
+	t.Helper()
+	u := &upstream{n: n}
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.addr = pc.LocalAddr().(*net.UDPAddr).AddrPort()
+	ln, err := net.Listen("tcp", u.addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
+		u.queries.Add(1)
+		size := dns.MinMsgSize
+		if o := q.IsEdns0(); o != nil {
+			u.sawEDNS.Add(1)
+			size = int(o.UDPSize())
+		}
+		m := new(dns.Msg)
+		m.SetReply(q)
+		if q.Question[0].Name == "nx.example." {
+			m.Rcode = dns.RcodeNameError
+		}
+		for i := range u.n {
+			rr, _ := dns.NewRR(q.Question[0].Name + " 60 IN A 198.51.100." + itoa(i+1))
+			m.Answer = append(m.Answer, rr)
+		}
+		if _, udp := w.RemoteAddr().(*net.UDPAddr); udp {
+			m.Truncate(size)
+		}
+		w.WriteMsg(m)
+	})
+	for _, s := range []*dns.Server{{PacketConn: pc, Handler: h}, {Listener: ln, Handler: h}} {
+		go s.ActivateAndServe()
+		t.Cleanup(func() { s.Shutdown() })
+	}
+	return u
+}
+
+func itoa(i int) string { return netip.AddrFrom4([4]byte{0, 0, 0, byte(i)}).String()[6:] }
+
+func TestForwarder(t *testing.T) {
+	big := startUpstream(t, 60)
+	ctx := context.Background()
+	f := NewForwarder([]netip.AddrPort{big.addr}, time.Second)
+
+	q := query("example.org", dns.TypeA)
+	resp, err := f.Exchange(ctx, q, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !resp.Truncated || resp.Id != q.Id {
+		t.Fatalf("plain UDP: TC %v, id %d want %d", resp.Truncated, resp.Id, q.Id)
+	}
+	resp, err = f.Exchange(ctx, q, true)
+	if err != nil || resp.Truncated || len(resp.Answer) != 60 {
+		t.Fatalf("TCP: %v, TC %v, %d answers", err, resp.Truncated, len(resp.Answer))
+	}
+	q.SetEdns0(4096, false)
+	resp, err = f.Exchange(ctx, q, false)
+	if err != nil || resp.Truncated || len(resp.Answer) != 60 || big.sawEDNS.Load() != 1 {
+		t.Fatalf("EDNS0 UDP: %v, TC %v, %d answers, EDNS seen %d", err, resp.Truncated, len(resp.Answer), big.sawEDNS.Load())
+	}
+	resp, err = f.Exchange(ctx, query("nx.example", dns.TypeA), false)
+	if err != nil || resp.Rcode != dns.RcodeNameError {
+		t.Fatalf("NXDOMAIN must come back as it is: %v %v", err, resp)
+	}
+}
+
+// A dead first upstream costs one timeout; the second answers.
+func TestForwarderFailsOver(t *testing.T) {
+	dead, err := net.ListenPacket("udp", "127.0.0.1:0") // never answers
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dead.Close()
+	live := startUpstream(t, 1)
+	f := NewForwarder([]netip.AddrPort{dead.LocalAddr().(*net.UDPAddr).AddrPort(), live.addr}, 200*time.Millisecond)
+	t0 := time.Now()
+	resp, err := f.Exchange(context.Background(), query("example.org", dns.TypeA), false)
+	if err != nil || len(resp.Answer) != 1 {
+		t.Fatalf("%v %v", err, resp)
+	}
+	if d := time.Since(t0); d < 200*time.Millisecond || d > time.Second {
+		t.Fatalf("took %v", d)
+	}
+	if _, err := NewForwarder(nil, 0).Exchange(context.Background(), query("x", dns.TypeA), false); err != ErrNoUpstream {
+		t.Fatalf("no upstreams: %v", err)
+	}
+}
+
+// The whole path over real sockets: a client queries a Listener, which
+// answers twill names and forwards the rest to the upstream, UDP and TCP.
+func TestListenerEndToEnd(t *testing.T) {
+	up := startUpstream(t, 1)
+	r := &Resolver{Table: testTable(), Overlay: netip.MustParsePrefix("10.96.0.0/16"), TTL: 1, Stats: &Stats{},
+		Forward: NewForwarder([]netip.AddrPort{up.addr}, time.Second)}
+	l, err := Listen(netip.MustParseAddrPort("127.0.0.1:0"), r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	for _, proto := range []string{"udp", "tcp"} {
+		c := &dns.Client{Net: proto, Timeout: 2 * time.Second}
+		resp, _, err := c.Exchange(query("web", dns.TypeA), l.Addr.String())
+		if err != nil || !slices.Equal(answers(resp), []string{"10.96.3.5", "10.96.9.7"}) {
+			t.Fatalf("%s twill name: %v %v", proto, err, resp)
+		}
+		resp, _, err = c.Exchange(query("example.org", dns.TypeA), l.Addr.String())
+		if err != nil || !slices.Equal(answers(resp), []string{"198.51.100.1"}) {
+			t.Fatalf("%s forwarded name: %v %v", proto, err, resp)
+		}
+		// Garbage gets no crash; the next query is answered.
+		nc, err := net.Dial(proto, l.Addr.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		nc.Write([]byte{0, 3, 1, 2, 3})
+		nc.Close()
+	}
+	c := &dns.Client{Net: "udp", Timeout: 2 * time.Second}
+	if _, _, err := c.Exchange(query("web", dns.TypeA), l.Addr.String()); err != nil {
+		t.Fatalf("after garbage: %v", err)
+	}
+	if up.queries.Load() != 2 {
+		t.Fatalf("upstream saw %d queries, want 2", up.queries.Load())
+	}
+}
+
+func TestParseUpstreams(t *testing.T) {
+	got, err := ParseUpstreams(" 10.0.0.2, 10.0.0.3:5353,[fd00::1]:53 ,")
+	want := []netip.AddrPort{netip.MustParseAddrPort("10.0.0.2:53"), netip.MustParseAddrPort("10.0.0.3:5353"), netip.MustParseAddrPort("[fd00::1]:53")}
+	if err != nil || !slices.Equal(got, want) {
+		t.Fatalf("%v %v", got, err)
+	}
+	for _, bad := range []string{"dns.google", "10.0.0.2:0", "10.0.0.2:99999", "10.0.0/24"} {
+		if _, err := ParseUpstreams(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
+
+func TestParseResolvConf(t *testing.T) {
+	got := parseResolvConf("# generated\nnameserver 127.0.0.53\noptions edns0 trust-ad\nsearch example.com\nnameserver 10.0.0.2\nnameserver fe80::1%eth0\nnameserver bogus\n")
+	want := []netip.AddrPort{netip.MustParseAddrPort("127.0.0.53:53"), netip.MustParseAddrPort("10.0.0.2:53"), netip.AddrPortFrom(netip.MustParseAddr("fe80::1%eth0"), 53)}
+	if !slices.Equal(got, want) {
+		t.Fatalf("%v", got)
+	}
+}

@@ -1,0 +1,181 @@
+package names
+
+import (
+	"context"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// DefaultTTL is the TTL of twill's answers: short, since names follow
+// containers within seconds and Docker's resolver does not cache.
+const DefaultTTL = 1
+
+// Exchanger sends a query upstream and returns the answer (a Forwarder).
+type Exchanger interface {
+	Exchange(ctx context.Context, q *dns.Msg, tcp bool) (*dns.Msg, error)
+}
+
+// Resolver is the DNS handler of one overlay's resolver address.
+type Resolver struct {
+	Table   *Table
+	Overlay netip.Prefix          // queries from here are containers'
+	IsHost  func(netip.Addr) bool // this host's own addresses (loopback is always the host)
+	Forward Exchanger             // nil: forwarded names fail with SERVFAIL
+	Timeout time.Duration         // for a forwarded query; 0 = 5 s
+	TTL     uint32
+	Stats   *Stats
+	Log     *slog.Logger
+}
+
+// querier is who asked.
+type querier int
+
+const (
+	fromOutside querier = iota
+	fromContainer
+	fromHost
+)
+
+func (r *Resolver) who(src netip.Addr) querier {
+	src = src.Unmap()
+	switch {
+	case src.IsLoopback() || (r.IsHost != nil && r.IsHost(src)):
+		return fromHost
+	case r.Overlay.Contains(src):
+		return fromContainer
+	}
+	return fromOutside
+}
+
+// Answer answers q from the table for a querier at src, or returns nil
+// when q is to be forwarded. It never touches a socket.
+func (r *Resolver) Answer(src netip.Addr, q *dns.Msg) (*dns.Msg, Result) {
+	who := r.who(src)
+	if who == fromOutside {
+		return nil, Dropped
+	}
+	if q.Response || q.Opcode != dns.OpcodeQuery || len(q.Question) != 1 {
+		m := new(dns.Msg)
+		code := dns.RcodeFormatError
+		if q.Opcode != dns.OpcodeQuery {
+			code = dns.RcodeNotImplemented
+		}
+		m.SetRcode(q, code)
+		return m, Malformed
+	}
+	question := q.Question[0]
+	if question.Qclass != dns.ClassINET {
+		return nil, Forwarded
+	}
+	name, ok := lookupName(question.Name)
+	if !ok {
+		return nil, Forwarded
+	}
+	addrs, known := r.Table.Lookup(src.Unmap(), who == fromHost, name)
+	if !known {
+		return nil, Forwarded
+	}
+	m := new(dns.Msg)
+	m.SetReply(q)
+	m.Authoritative = true
+	m.RecursionAvailable = true
+	if opt := q.IsEdns0(); opt != nil {
+		m.SetEdns0(max(opt.UDPSize(), dns.MinMsgSize), false)
+	}
+	if question.Qtype != dns.TypeA && question.Qtype != dns.TypeANY {
+		return m, Empty
+	}
+	// Rotate, as Docker's resolver does, so clients taking the first
+	// address spread over the containers.
+	start := 0
+	if len(addrs) > 1 {
+		start = rand.IntN(len(addrs))
+	}
+	for i := range addrs {
+		a := addrs[(start+i)%len(addrs)]
+		m.Answer = append(m.Answer, &dns.A{
+			Hdr: dns.RR_Header{Name: question.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: r.TTL},
+			A:   net.IP(a.AsSlice()),
+		})
+	}
+	return m, Local
+}
+
+// ServeDNS answers one query: from the table, else through the forwarder.
+// Queries from outside the overlay and the host get no answer at all.
+func (r *Resolver) ServeDNS(w dns.ResponseWriter, q *dns.Msg) {
+	src, tcp := peer(w.RemoteAddr())
+	resp, res := r.Answer(src, q)
+	if res == Dropped {
+		r.Stats.count(Dropped)
+		if tcp {
+			w.Close()
+		}
+		return
+	}
+	if resp == nil {
+		resp, res = r.forward(q, tcp)
+	}
+	r.Stats.count(res)
+	if !tcp {
+		resp.Truncate(udpSize(q))
+	}
+	if err := w.WriteMsg(resp); err != nil && r.Log != nil {
+		r.Log.Debug("writing a DNS answer", "to", w.RemoteAddr(), "err", err)
+	}
+}
+
+func (r *Resolver) forward(q *dns.Msg, tcp bool) (*dns.Msg, Result) {
+	fail := func() (*dns.Msg, Result) {
+		m := new(dns.Msg)
+		m.SetRcode(q, dns.RcodeServerFailure)
+		m.RecursionAvailable = true
+		return m, ForwardFailed
+	}
+	if r.Forward == nil {
+		return fail()
+	}
+	timeout := r.Timeout
+	if timeout == 0 {
+		timeout = 5 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	t0 := time.Now()
+	resp, err := r.Forward.Exchange(ctx, q, tcp)
+	if err != nil {
+		if r.Log != nil {
+			r.Log.Debug("forwarding a DNS query", "name", q.Question[0].Name, "err", err)
+		}
+		return fail()
+	}
+	r.Stats.forwardTook(time.Since(t0))
+	resp.Id = q.Id
+	return resp, Forwarded
+}
+
+// udpSize is how large a UDP answer to q may be: 512 bytes, or what its
+// EDNS0 record offers.
+func udpSize(q *dns.Msg) int {
+	if opt := q.IsEdns0(); opt != nil {
+		return max(int(opt.UDPSize()), dns.MinMsgSize)
+	}
+	return dns.MinMsgSize
+}
+
+func peer(a net.Addr) (netip.Addr, bool) {
+	switch a := a.(type) {
+	case *net.UDPAddr:
+		ip, _ := netip.AddrFromSlice(a.IP)
+		return ip.Unmap(), false
+	case *net.TCPAddr:
+		ip, _ := netip.AddrFromSlice(a.IP)
+		return ip.Unmap(), true
+	}
+	return netip.Addr{}, false
+}
