@@ -70,6 +70,10 @@ type Config struct {
 	// MTU is the tunnel MTU (underlay MTU - 28): the default MTU of bridges
 	// and veths, and the most a network's mtu option may ask for.
 	MTU int
+	// OverlayMTU, when set, gives the tunnel MTU of one overlay when it
+	// differs from MTU (an encrypted overlay's WireGuard device carries
+	// less); 0 means MTU.
+	OverlayMTU func(overlay netip.Prefix) int
 	// PluginName is how users name twill in -d / --ipam-driver, for error
 	// messages ("twill:latest" for the managed plugin, "twill" unmanaged).
 	PluginName string
@@ -126,6 +130,17 @@ func New(log *slog.Logger, links Links, fw Firewall, pools Pools, st Store, cfg 
 		return nil, err
 	}
 	return d, nil
+}
+
+// tunnelMTU is the tunnel MTU of overlay: the default for a network's
+// bridge and veths, and the most its mtu option may ask for.
+func (d *Driver) tunnelMTU(overlay netip.Prefix) int {
+	if d.cfg.OverlayMTU != nil {
+		if m := d.cfg.OverlayMTU(overlay); m > 0 {
+			return m
+		}
+	}
+	return d.cfg.MTU
 }
 
 // minMTU is IPv4's minimum MTU every link must carry (RFC 791: 68; Linux

@@ -138,7 +138,7 @@ func (d *Driver) parseNetwork(req *netapi.CreateNetworkRequest) (*network, error
 		Subnet:  pool.Masked(),
 		Gateway: gw.Addr(),
 		Overlay: overlay,
-		MTU:     d.cfg.MTU,
+		MTU:     d.tunnelMTU(overlay),
 	}
 	if v, ok := req.Options[optInternal]; ok {
 		b, isBool := v.(bool)
@@ -172,9 +172,9 @@ func (d *Driver) parseGeneric(n *network, generic any) error {
 		if err != nil {
 			return fmt.Errorf("network %s: -o %s=%v: %w: give a number of bytes", shortID(n.ID), optMTU, v, ErrMTU)
 		}
-		if mtu > d.cfg.MTU {
-			return fmt.Errorf("network %s: -o %s=%d: %w: it is above twill's tunnel MTU %d (the underlay MTU minus 28 bytes of IPv4 and UDP headers), so packets to other hosts would not fit; use %d or less",
-				shortID(n.ID), optMTU, mtu, ErrMTU, d.cfg.MTU, d.cfg.MTU)
+		if tm := d.tunnelMTU(n.Overlay); mtu > tm {
+			return fmt.Errorf("network %s: -o %s=%d: %w: it is above the tunnel MTU %d of overlay %s (the underlay MTU minus the tunnel's headers: 28 bytes for udp, 80 for wireguard), so packets to other hosts would not fit; use %d or less",
+				shortID(n.ID), optMTU, mtu, ErrMTU, tm, n.Overlay, tm)
 		}
 		if mtu < minMTU {
 			return fmt.Errorf("network %s: -o %s=%d: %w: IPv4 needs at least %d", shortID(n.ID), optMTU, mtu, ErrMTU, minMTU)

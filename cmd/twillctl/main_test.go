@@ -40,7 +40,9 @@ func (f *fakeSource) Leases(ctx context.Context) ([]control.Lease, error) {
 }
 
 func (f *fakeSource) Peers(ctx context.Context) (control.Peers, error) {
-	return control.Peers{Peers: []control.Peer{{Subnet: "10.96.9.0/24", Addr: "10.0.0.2:8285", PacketsIn: 10, PacketsOut: 12, BytesIn: 1000, BytesOut: 1200}},
+	return control.Peers{Peers: []control.Peer{{Subnet: "10.96.9.0/24", Addr: "10.0.0.2:8285", PacketsIn: 10, PacketsOut: 12, BytesIn: 1000, BytesOut: 1200},
+		{Subnet: "10.97.3.0/24", Addr: "10.0.0.3:51820", BytesIn: 2000, BytesOut: 2400, Encrypted: true,
+			PublicKey: "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=", LastHandshake: time.Now().Add(-42 * time.Second)}},
 		Drops: map[string]uint64{"unknown_peer": 3, "spoofed_source": 1}}, nil
 }
 

@@ -72,13 +72,19 @@ func printLeases(w io.Writer, ls []control.Lease) {
 
 func printPeers(w io.Writer, p *control.Peers) {
 	t := newTab(w)
-	fmt.Fprintln(t, "SUBNET\tPEER\tPKTS IN\tPKTS OUT\tBYTES IN\tBYTES OUT\tLAST SEEN")
-	for _, x := range p.Peers {
-		seen := "never"
-		if !x.LastSeen.IsZero() {
-			seen = time.Since(x.LastSeen).Round(time.Second).String() + " ago"
+	fmt.Fprintln(t, "SUBNET\tPEER\tPKTS IN\tPKTS OUT\tBYTES IN\tBYTES OUT\tLAST SEEN\tHANDSHAKE")
+	ago := func(at time.Time) string {
+		if at.IsZero() {
+			return "never"
 		}
-		fmt.Fprintf(t, "%s\t%s\t%d\t%d\t%d\t%d\t%s\n", x.Subnet, x.Addr, x.PacketsIn, x.PacketsOut, x.BytesIn, x.BytesOut, seen)
+		return time.Since(at).Round(time.Second).String() + " ago"
+	}
+	for _, x := range p.Peers {
+		if x.Encrypted { // WireGuard counts bytes only; its handshake says the peer is alive
+			fmt.Fprintf(t, "%s\t%s\t-\t-\t%d\t%d\t-\t%s\n", x.Subnet, x.Addr, x.BytesIn, x.BytesOut, ago(x.LastHandshake))
+			continue
+		}
+		fmt.Fprintf(t, "%s\t%s\t%d\t%d\t%d\t%d\t%s\t-\n", x.Subnet, x.Addr, x.PacketsIn, x.PacketsOut, x.BytesIn, x.BytesOut, ago(x.LastSeen))
 	}
 	t.Flush()
 	if len(p.Drops) > 0 {

@@ -17,6 +17,7 @@ import (
 	"github.com/twill-net/twill/datapath/firewall"
 	"github.com/twill-net/twill/datapath/links"
 	"github.com/twill-net/twill/datapath/overlay"
+	"github.com/twill-net/twill/datapath/wireguard"
 	"github.com/twill-net/twill/driver"
 	"github.com/twill-net/twill/internal/control"
 	"github.com/twill-net/twill/internal/etcdserver"
@@ -42,6 +43,7 @@ type node struct {
 	cli    *clientv3.Client
 	leases *subnet.Manager
 	fwd    *overlay.Forwarder
+	enc    *encrypted
 	links  *links.Links
 	fw     *firewall.Firewall
 	drv    *driver.Driver
@@ -91,6 +93,15 @@ func startHost(ctx context.Context, cfg config, log *slog.Logger, srv *plugin.Se
 		n.mtu = n.under.MTU - 28 // outer IPv4 and UDP headers
 	}
 
+	key, created, err := wireguard.LoadOrCreateKey(filepath.Join(cfg.StateDir, wireguard.KeyFile))
+	if err != nil {
+		return nil, err
+	}
+	if created {
+		log.Info("generated this host's wireguard key for encrypted overlays", "public_key", key.Public().String())
+	}
+	n.enc = newEncrypted(key, n.mtu+28-wireguard.Overhead, log)
+
 	endpoints := cfg.EtcdEndpoints
 	if len(endpoints) == 0 {
 		err = retry(ctx, log, srv, "starting the embedded etcd", func(error) bool { return false }, func() error {
@@ -121,7 +132,7 @@ func startHost(ctx context.Context, cfg config, log *slog.Logger, srv *plugin.Se
 		n.leases, err = subnet.New(ctx, subnet.Options{
 			Client: n.cli, Prefix: cfg.EtcdPrefix, Network: cfg.Network, Port: int(cfg.Port),
 			PublicIP: n.publicIP, Store: subnet.NewFileStore(filepath.Join(cfg.StateDir, "leases.json")),
-			Log: log,
+			Backend: n.enc.leaseBackend, Log: log,
 		})
 		if err != nil {
 			m.EtcdError("lease")
@@ -145,13 +156,15 @@ func startHost(ctx context.Context, cfg config, log *slog.Logger, srv *plugin.Se
 	if n.links, err = links.New(log); err != nil {
 		return nil, err
 	}
-	if n.fw, err = firewall.New(ctx, firewall.Options{Log: log}); err != nil {
+	if n.fw, err = firewall.New(ctx, firewall.Options{Encrypted: wireguard.TunnelPrefix, Log: log}); err != nil {
 		return nil, err
 	}
 	if n.ipam, err = ipam.New(log, overlays{n}, n.db); err != nil {
 		return nil, err
 	}
-	if n.drv, err = driver.New(log, n.links, n.fw, n.ipam, n.db, driver.Config{MTU: n.mtu, PluginName: cfg.PluginName}); err != nil {
+	n.rejoinOverlays(ctx)
+	dcfg := driver.Config{MTU: n.mtu, OverlayMTU: n.overlayMTU, PluginName: cfg.PluginName}
+	if n.drv, err = driver.New(log, n.links, n.fw, n.ipam, n.db, dcfg); err != nil {
 		return nil, err
 	}
 	// Reconcile goes on past a failing network and reports them all; one bad
@@ -173,16 +186,21 @@ func startHost(ctx context.Context, cfg config, log *slog.Logger, srv *plugin.Se
 	return n, nil
 }
 
-// joinOverlay puts this host's lease of overlay on twill0 and, for the
-// default overlay, writes flannel's subnet.env.
+// joinOverlay puts this host's lease of overlay on twill0, or on the
+// overlay's own WireGuard device when it is encrypted, and, for the default
+// overlay, writes flannel's subnet.env.
 func (n *node) joinOverlay(ov, sn netip.Prefix) error {
-	if err := n.fwd.AddOverlay(ov, sn); err != nil {
+	if cfg, ok := n.leases.Config(ov); ok && isEncrypted(cfg) {
+		if err := n.enc.join(cfg, sn); err != nil {
+			return fmt.Errorf("joining encrypted overlay %s (this host's subnet %s): %w", ov, sn, err)
+		}
+	} else if err := n.fwd.AddOverlay(ov, sn); err != nil {
 		return fmt.Errorf("adding overlay %s (this host's subnet %s) to twill0: %w", ov, sn, err)
 	}
 	if n.cfg.SubnetEnv != "" && ov == n.leases.Default() {
 		n.envMu.Lock()
 		defer n.envMu.Unlock()
-		if err := subnet.WriteEnv(n.cfg.SubnetEnv, subnet.Env{Network: ov, Subnet: sn, MTU: n.mtu}); err != nil {
+		if err := subnet.WriteEnv(n.cfg.SubnetEnv, subnet.Env{Network: ov, Subnet: sn, MTU: n.overlayMTU(ov)}); err != nil {
 			n.log.Warn("writing flannel's subnet.env", "path", n.cfg.SubnetEnv, "err", err)
 		}
 	}
@@ -193,6 +211,15 @@ func (n *node) joinOverlay(ov, sn netip.Prefix) error {
 func (n *node) follow(ctx context.Context) {
 	for ev := range n.leases.Subscribe(ctx) {
 		l := ev.Lease
+		cfg, _ := n.leases.Config(l.Overlay)
+		switch {
+		case isEncrypted(cfg) && ev.Own && ev.Type == subnet.Removed:
+			n.enc.leave(l.Overlay)
+			continue
+		case isEncrypted(cfg) && !ev.Own:
+			n.enc.apply(ev, cfg)
+			continue
+		}
 		switch {
 		case ev.Own && ev.Type == subnet.Added:
 			if err := n.joinOverlay(l.Overlay, l.Subnet); err != nil {
@@ -285,6 +312,9 @@ func (n *node) closeAll() {
 	if n.fwd != nil {
 		n.fwd.Close()
 	}
+	if n.enc != nil {
+		n.enc.close()
+	}
 	if n.leases != nil {
 		n.leases.Close()
 	}
@@ -300,6 +330,33 @@ func (n *node) closeAll() {
 	if n.db != nil {
 		n.db.Close()
 	}
+}
+
+// rejoinOverlays leases again the further overlays (beyond the default,
+// leased at start) that this host's networks use, so that after a restart
+// their routes, peers and, for an encrypted one, its WireGuard device are
+// back before Docker's containers need them. A failure is logged; the
+// network's next RequestPool retries it.
+func (n *node) rejoinOverlays(ctx context.Context) {
+	seen := map[netip.Prefix]bool{n.leases.Default(): true}
+	for _, a := range n.ipam.Allocations() {
+		if seen[a.Overlay] {
+			continue
+		}
+		seen[a.Overlay] = true
+		if _, err := (overlays{n}).Subnet(ctx, a.Overlay); err != nil {
+			n.log.Error("rejoining an overlay this host's networks use", "overlay", a.Overlay, "err", err)
+		}
+	}
+}
+
+// overlayMTU is the tunnel MTU of an overlay: twill0's, or the WireGuard
+// device's for an encrypted one.
+func (n *node) overlayMTU(ov netip.Prefix) int {
+	if cfg, ok := n.leases.Config(ov); ok && isEncrypted(cfg) {
+		return n.enc.mtu
+	}
+	return n.mtu
 }
 
 // overlays gives the IPAM this host's subnets, joining twill0 to an overlay

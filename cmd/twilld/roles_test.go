@@ -36,6 +36,12 @@ func TestMain(m *testing.M) {
 		os.Exit(roleUDPSend(os.Args[1], count, size, gap))
 	case "forge":
 		os.Exit(roleForge(os.Args[1:]))
+	case "capture":
+		os.Exit(roleCapture(os.Args[1:]))
+	case "marker":
+		os.Exit(roleMarker(os.Args[1:]))
+	case "wgreplay":
+		os.Exit(roleWGReplay(os.Args[1:]))
 	default:
 		fmt.Fprintln(os.Stderr, "unknown TWILL_TEST_ROLE")
 		os.Exit(2)

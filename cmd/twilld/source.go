@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"strings"
@@ -10,6 +11,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/twill-net/twill/datapath/wireguard"
 	"github.com/twill-net/twill/internal/control"
 	"github.com/twill-net/twill/internal/subnet"
 )
@@ -81,7 +83,7 @@ func (n *node) leaseViews(othersExpiry func(subnet.Lease) time.Time) []control.L
 		out = append(out, control.Lease{
 			Network: l.Overlay.String(), Subnet: l.Subnet.String(), PublicIP: l.Attrs.PublicIP.String(),
 			BackendType: l.Attrs.BackendType, Expiry: exp, Self: self,
-			Flanneld: l.Attrs.BackendType != "" && l.Attrs.BackendType != "udp",
+			Flanneld: l.Attrs.BackendType != "" && l.Attrs.BackendType != "udp" && l.Attrs.BackendType != wireguard.Type,
 		})
 	}
 	return out
@@ -91,13 +93,17 @@ func (n *node) Peers(ctx context.Context) (control.Peers, error) { return n.peer
 
 func (n *node) peerViews() control.Peers {
 	st := n.fwd.Stats()
-	p := control.Peers{Drops: st.Drops}
+	p := control.Peers{Drops: maps.Clone(st.Drops)}
+	if p.Drops == nil {
+		p.Drops = map[string]uint64{}
+	}
 	for _, x := range st.Peers {
 		p.Peers = append(p.Peers, control.Peer{
 			Subnet: x.Subnet.String(), Addr: x.Addr.String(), PacketsIn: x.PacketsIn, PacketsOut: x.PacketsOut,
 			BytesIn: x.BytesIn, BytesOut: x.BytesOut, LastSeen: x.LastSeen,
 		})
 	}
+	p.Peers = append(p.Peers, n.enc.views(p.Drops)...)
 	return p
 }
 

@@ -8,6 +8,9 @@
 // What the rules do, per twill network (bridge B, subnet S, overlay O):
 //   - B <-> B (containers of one network) is accepted; B -> twill0 only to
 //     O and twill0 -> B only from O; B never reaches another twill bridge.
+//     The encrypted overlays' WireGuard devices (Options.Encrypted, e.g.
+//     every twg… device) are tunnels like twill0: B reaches them only
+//     towards O, and they reach B only from O.
 //   - unless internal: B -> anywhere else is accepted, with the source
 //     masqueraded unless the destination lies in an overlay (any overlay
 //     known here); replies come back. Internal networks get neither.
@@ -48,9 +51,12 @@ var (
 // Options configure a Firewall. The zero value drives this host's iptables,
 // picking the variant dockerd uses, with twill0 as the tunnel.
 type Options struct {
-	Tunnel  string  // the overlay's TUN device; default DefaultTunnel
-	Backend Backend // which iptables variant; default BackendAuto
-	Runner  Runner  // how commands run; default ExecRunner
+	Tunnel string // the overlay's TUN device; default DefaultTunnel
+	// Encrypted is the name prefix of the encrypted overlays' devices
+	// (e.g. "twg": every twg… device); empty: none.
+	Encrypted string
+	Backend   Backend // which iptables variant; default BackendAuto
+	Runner    Runner  // how commands run; default ExecRunner
 	// Conntrack deletes stale UDP flows when a UDP port map comes or goes.
 	// Default: netlink in the current namespace, but only when Runner is
 	// also the default (a custom Runner means another namespace or a
@@ -69,6 +75,7 @@ type Firewall struct {
 	backend Backend
 	bin     binaries
 	tunnel  string
+	enc     string    // prefix of the encrypted overlays' devices
 	ct      Conntrack // nil: no flushing
 
 	mu    sync.Mutex // guards state and queue
@@ -115,6 +122,7 @@ func New(ctx context.Context, opts Options) (*Firewall, error) {
 		run:     opts.Runner,
 		backend: opts.Backend,
 		tunnel:  cmpOr(opts.Tunnel, DefaultTunnel),
+		enc:     opts.Encrypted,
 		ct:      opts.Conntrack,
 		state:   newDesired(),
 		now:     time.Now,
@@ -130,6 +138,11 @@ func New(ctx context.Context, opts Options) (*Firewall, error) {
 	}
 	if err := validIface(f.tunnel); err != nil {
 		return nil, fmt.Errorf("firewall tunnel: %w", err)
+	}
+	if f.enc != "" {
+		if err := validIface(f.enc); err != nil {
+			return nil, fmt.Errorf("firewall encrypted tunnel prefix: %w", err)
+		}
 	}
 	if f.backend == BackendAuto {
 		b, err := detectBackend(ctx, f.run)
@@ -160,7 +173,7 @@ func (f *Firewall) State() State {
 
 // render turns d into the sorted State that Render takes.
 func (f *Firewall) render(d desired) State {
-	s := State{Tunnel: f.tunnel}
+	s := State{Tunnel: f.tunnel, Encrypted: f.enc}
 	for _, n := range d.networks {
 		s.Networks = append(s.Networks, n)
 	}
@@ -291,7 +304,7 @@ func (f *Firewall) Cleanup(ctx context.Context) error {
 	defer f.writeMu.Unlock()
 	// Empty (or create) the chains first: traffic stops being touched at
 	// once, and a jump to an absent chain would not be found by -D.
-	empty := Render(State{Tunnel: f.tunnel})
+	empty := Render(State{Tunnel: f.tunnel, Encrypted: f.enc})
 	if _, err := f.run.Run(ctx, []byte(empty), f.bin.restore, "-w", "--noflush"); err != nil {
 		return fmt.Errorf("emptying chains: %w", restoreError(empty, err))
 	}

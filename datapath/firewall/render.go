@@ -57,9 +57,12 @@ type PortMap struct {
 
 // State is everything the rules are rendered from.
 type State struct {
-	Tunnel   string // the overlay's TUN device, twill0
-	Networks []Network
-	PortMaps []PortMap
+	Tunnel string // the overlay's TUN device, twill0
+	// Encrypted is the name prefix of the encrypted overlays' devices,
+	// matched as "<prefix>+"; empty: no such devices.
+	Encrypted string
+	Networks  []Network
+	PortMaps  []PortMap
 }
 
 // chains lists our chains per table, in the order they are declared.
@@ -92,7 +95,10 @@ func Render(s State) string {
 			published = append(published, pm)
 		}
 	}
-	t := s.Tunnel
+	tunnels := []string{s.Tunnel}
+	if s.Encrypted != "" {
+		tunnels = append(tunnels, s.Encrypted+"+")
+	}
 
 	var b strings.Builder
 	rule := func(chain string, args ...string) {
@@ -115,8 +121,10 @@ func Render(s State) string {
 	}
 	for _, n := range nets {
 		rule(ChainForward, "-i", n.Bridge, "-o", n.Bridge, "-j", "ACCEPT")
-		rule(ChainForward, "-i", n.Bridge, "-o", t, "-d", n.Overlay.String(), "-j", "ACCEPT")
-		rule(ChainForward, "-i", t, "-o", n.Bridge, "-s", n.Overlay.String(), "-j", "ACCEPT")
+		for _, t := range tunnels {
+			rule(ChainForward, "-i", n.Bridge, "-o", t, "-d", n.Overlay.String(), "-j", "ACCEPT")
+			rule(ChainForward, "-i", t, "-o", n.Bridge, "-s", n.Overlay.String(), "-j", "ACCEPT")
+		}
 	}
 	rule(ChainForward, "-j", ChainIsolation)
 	for _, n := range nets {
@@ -133,7 +141,9 @@ func Render(s State) string {
 	}
 	// Through the tunnel a network reaches its own overlay only.
 	for _, n := range nets {
-		rule(ChainIsolation, "-i", n.Bridge, "-o", t, "-j", "DROP")
+		for _, t := range tunnels {
+			rule(ChainIsolation, "-i", n.Bridge, "-o", t, "-j", "DROP")
+		}
 	}
 	b.WriteString("COMMIT\n")
 

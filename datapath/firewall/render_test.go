@@ -166,3 +166,24 @@ func TestRenderDelete(t *testing.T) {
 		}
 	}
 }
+
+// The encrypted overlays' devices are tunnels like twill0: a network reaches
+// them only towards its own overlay, and they reach it only from there.
+func TestRenderEncryptedTunnels(t *testing.T) {
+	got := Render(State{Tunnel: "twill0", Encrypted: "twg", Networks: []Network{blue, red}})
+	for _, want := range []string{
+		"-A TWILL-FORWARD -i tw-blue -o twg+ -d 10.96.0.0/16 -j ACCEPT\n",
+		"-A TWILL-FORWARD -i twg+ -o tw-blue -s 10.96.0.0/16 -j ACCEPT\n",
+		"-A TWILL-FORWARD -i tw-red -o twg+ -d 10.97.0.0/16 -j ACCEPT\n",
+		"-A TWILL-ISOLATION -i tw-blue -o twg+ -j DROP\n",
+		"-A TWILL-ISOLATION -i tw-red -o twg+ -j DROP\n",
+		"-A TWILL-ISOLATION -i tw-red -o twill0 -j DROP\n",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("rules lack %q:\n%s", want, got)
+		}
+	}
+	if plain := Render(State{Tunnel: "twill0", Networks: []Network{blue, red}}); strings.Contains(plain, "twg") {
+		t.Errorf("without encrypted tunnels the rules name twg:\n%s", plain)
+	}
+}

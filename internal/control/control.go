@@ -61,6 +61,11 @@ type Peer struct {
 	BytesIn    uint64    `json:"bytes_in"`
 	BytesOut   uint64    `json:"bytes_out"`
 	LastSeen   time.Time `json:"last_seen,omitzero"`
+	// Encrypted peers (a WireGuard overlay's) have a public key and a last
+	// handshake; WireGuard counts bytes, not packets.
+	Encrypted     bool      `json:"encrypted,omitempty"`
+	PublicKey     string    `json:"public_key,omitempty"`
+	LastHandshake time.Time `json:"last_handshake,omitzero"`
 }
 
 // Peers is the peer table plus the datapath's drop counters by reason.

@@ -26,6 +26,7 @@ func TestDependenciesPointOneWay(t *testing.T) {
 		{"driver", []string{"github.com/vishvananda/netlink", "go.etcd.io/etcd", module + "datapath", module + "cmd", module + "plugin", module + "internal/subnet"}},
 		{"ipam", []string{"github.com/vishvananda/netlink", "go.etcd.io/etcd", module + "datapath", module + "cmd", module + "plugin", module + "internal/subnet"}},
 		{"datapath/overlay", []string{"go.etcd.io/etcd", "github.com/docker/go-plugins-helpers", module + "driver", module + "ipam", module + "plugin", module + "internal/subnet", module + "cmd"}},
+		{"datapath/wireguard", []string{"go.etcd.io/etcd", "github.com/docker/go-plugins-helpers", module + "driver", module + "ipam", module + "plugin", module + "internal/subnet", module + "cmd"}},
 		{"datapath/links", []string{"go.etcd.io/etcd", "github.com/docker/go-plugins-helpers", module + "driver", module + "ipam", module + "plugin", module + "internal/subnet"}},
 		{"datapath/firewall", []string{"go.etcd.io/etcd", "github.com/docker/go-plugins-helpers", module + "driver", module + "ipam", module + "plugin", module + "internal/subnet"}},
 		{"plugin", []string{"github.com/vishvananda/netlink", "go.etcd.io/etcd", module + "datapath", module + "internal/subnet", module + "cmd"}},

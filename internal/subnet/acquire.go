@@ -157,8 +157,11 @@ func (o *overlay) reuse(ctx context.Context, l Lease) (Lease, error) {
 		Expiration: opts.Clock.Now().Add(ttl)}, nil
 }
 
-// attrs is the value this host writes: flannel's udp backend lease.
-func (o *overlay) attrs() Attrs { return Attrs{PublicIP: o.m.opts.PublicIP} }
+// attrs is the value this host writes: flannel's udp backend lease, or the
+// overlay's backend's type and data (a changed key rewrites the lease).
+func (o *overlay) attrs() Attrs {
+	return Attrs{PublicIP: o.m.opts.PublicIP, BackendType: o.backend.Type, BackendData: o.backend.Data}
+}
 
 // pickFree returns a free subnet chosen at random, so that many hosts
 // starting at once rarely pick the same one.

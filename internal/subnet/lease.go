@@ -84,6 +84,14 @@ func (a Attrs) Equal(b Attrs) bool {
 		bytes.Equal(a.BackendData, b.BackendData) && bytes.Equal(a.BackendV6Data, b.BackendV6Data)
 }
 
+// LeaseBackend is the backend part of the leases this host writes in an
+// overlay: flannel's BackendType ("" for udp) and BackendData, e.g.
+// "wireguard" and {"PublicKey":"…"}.
+type LeaseBackend struct {
+	Type string
+	Data json.RawMessage
+}
+
 // Lease is one host's subnet of one overlay.
 type Lease struct {
 	Overlay netip.Prefix // the overlay's Network, e.g. 10.96.0.0/16

@@ -47,6 +47,12 @@ type Options struct {
 
 	PublicIP netip.Addr // required: this host's underlay address, written in its leases
 
+	// Backend says what this host writes in its leases of an overlay whose
+	// config is cfg: flannel's BackendType and BackendData (e.g. wireguard
+	// and the host's public key). An error refuses the overlay. nil, or a
+	// zero LeaseBackend: a udp lease.
+	Backend func(cfg Config) (LeaseBackend, error)
+
 	Store Store        // this host's subnets across restarts; nil = in memory only
 	Clock Clock        // nil = RealClock
 	Log   *slog.Logger // nil = discard
@@ -254,7 +260,14 @@ func (m *Manager) Subnet(ctx context.Context, overlay netip.Prefix) (netip.Prefi
 // for register.
 func (m *Manager) open(ctx context.Context, kv overlayKV, cfg Config) (*overlay, error) {
 	o := &overlay{m: m, kv: kv, cfg: cfg, log: m.log.With("overlay", cfg.Network.String())}
-	if cfg.BackendType != "udp" {
+	if m.opts.Backend != nil {
+		be, err := m.opts.Backend(cfg)
+		if err != nil {
+			return nil, fmt.Errorf("overlay %s (config at %s): %w", cfg.Network, kv.configKey(), err)
+		}
+		o.backend = be
+	}
+	if cfg.BackendType != "udp" && o.backend.Type != cfg.BackendType {
 		o.log.Warn("overlay config names another backend; twill speaks flannel's udp backend only, hosts on that backend will not reach twill hosts",
 			"key", kv.configKey(), "backend", cfg.BackendType)
 	}

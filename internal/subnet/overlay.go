@@ -15,10 +15,11 @@ import (
 // and re-acquired, and the watch over every host's lease. One goroutine (run)
 // owns it after register.
 type overlay struct {
-	m   *Manager
-	kv  overlayKV
-	cfg Config
-	log *slog.Logger
+	m       *Manager
+	kv      overlayKV
+	cfg     Config
+	backend LeaseBackend // what this host's leases carry
+	log     *slog.Logger
 
 	cancel context.CancelFunc
 	done   chan struct{}
