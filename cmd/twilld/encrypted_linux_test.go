@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -306,4 +307,59 @@ func startCapture(t *testing.T, c *cluster, d, saved string) func() captureSumma
 		}
 		return s
 	}
+}
+
+// TestFlannelWireGuardInterop: a stand-in for a flanneld node on the
+// wireguard backend (internal/testbed/flannelwg: plain WireGuard set up from
+// the leases as flanneld sets up flannel-wg) shares an encrypted overlay
+// with a PSK with two twill hosts, and traffic flows both ways.
+func TestFlannelWireGuardInterop(t *testing.T) {
+	c := newCluster(t, "twkf")
+	bin := filepath.Join(c.dir, "flannelwg")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/twill-net/twill/internal/testbed/flannelwg").CombinedOutput(); err != nil {
+		t.Fatalf("building the stand-in: %v\n%s", err, out)
+	}
+	psk, _ := wireguard.GenerateKey()
+	prefix := c.prefix + "/overlays/10.97.0.0-16"
+	c.etcdPut(prefix+"/config", `{"Network":"10.97.0.0/16","Backend":{"Type":"wireguard","ListenPort":51830,"PSK":"`+psk.String()+`"}}`)
+	ctrs := map[int]testbed.Container{}
+	for n := 1; n <= 2; n++ {
+		h := c.start(n)
+		h.net = h.docker.CreateNetwork(t, testbed.ID(fmt.Sprintf("green-h%d", n)), greenOverlay, nil)
+		ctrs[n] = c.container(h, fmt.Sprintf("f%d", n))
+	}
+	ns := c.bed.AddHost("fw", 7, 0)
+	p := testbed.Start(t, ns, filepath.Join(c.dir, "flannelwg.log"), nil, bin,
+		"-etcd-endpoints", c.etcd, "-etcd-prefix", prefix, "-public-ip", c.bed.Addr(7).String())
+	var fw netip.Prefix
+	err := testbed.WaitFor(context.Background(), 10*time.Second, func() error {
+		if p.Exited() {
+			return fmt.Errorf("exited")
+		}
+		for _, line := range strings.Split(p.Tail(4000), "\n") {
+			if s, ok := strings.CutPrefix(line, "ready "); ok {
+				fw = netip.MustParsePrefix(s)
+				return nil
+			}
+		}
+		return fmt.Errorf("not ready")
+	})
+	if err != nil {
+		t.Fatalf("stand-in: %v\n%s", err, p.Tail(4000))
+	}
+	self := fw.Addr() // flannel-wg holds the subnet's network address
+	for n := 1; n <= 2; n++ {
+		mustPing(t, ns, ctrs[n].Addr.Addr())
+		mustPing(t, ctrs[n].NS, self)
+	}
+	for n := 1; n <= 2; n++ {
+		peer, ok := c.encPeer(c.hosts[n], fw)
+		if !ok || peer.LastHandshake.IsZero() || peer.Addr != c.bed.Addr(7).String()+":51830" {
+			t.Errorf("h%d's peer for the stand-in: %+v %v", n, peer, ok)
+		}
+	}
+	took := transfer(t, ctrs[1].NS, ns, self, 5001, 50<<20)
+	t.Logf("twill container -> flannel-wg node: 50 MiB in %v", took.Round(time.Millisecond))
+	took = transfer(t, ns, ctrs[2].NS, ctrs[2].Addr.Addr(), 5002, 50<<20)
+	t.Logf("flannel-wg node -> twill container: 50 MiB in %v", took.Round(time.Millisecond))
 }

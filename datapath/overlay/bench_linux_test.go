@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twill-net/twill/datapath/wireguard"
 	"github.com/twill-net/twill/internal/testbed"
 )
 
@@ -27,7 +28,8 @@ import (
 // prints a markdown table of medians with the ratios to VXLAN.
 // TWILL_BENCH_ROUNDS (default 3) and TWILL_BENCH_SECONDS (default 5) set
 // the size; TWILL_BENCH_MODES (comma-separated, default
-// underlay,vxlan,plain,offload; "offload1p" is the fast path with
+// underlay,vxlan,plain,offload,busy,wireguard; "wireguard" is an encrypted
+// overlay (datapath/wireguard, as twilld runs it); "offload1p" is the fast path with
 // GOMAXPROCS=1 in each forwarder) picks the paths; TWILL_BENCH_OUT names a
 // file the table is also written to; TWILL_BENCH_PIN=0 runs the forwarders
 // and ping on CPU 0 (a diagnostic, see pinned).
@@ -52,7 +54,7 @@ func BenchmarkDatapath(b *testing.B) {
 	testbed.Start(b, hostNS(2), filepath.Join(tp.dir, "iperf-h2.log"), nil, "iperf3", "-s", "-B", underlayIP(2))
 	testbed.Start(b, containerNS(2), filepath.Join(tp.dir, "iperf-c2.log"), nil, "iperf3", "-s", "-B", containerIP(2))
 
-	modes := []string{"underlay", "vxlan", "plain", "offload", "busy"}
+	modes := []string{"underlay", "vxlan", "plain", "offload", "busy", "wireguard"}
 	if m := os.Getenv("TWILL_BENCH_MODES"); m != "" {
 		modes = strings.Split(m, ",") // must include vxlan for the ratios
 	}
@@ -115,6 +117,22 @@ func (tp *testTopo) benchRound(b *testing.B, mode string, secs int, r *benchResu
 			testbed.Must(b, "ip", "-n", hostNS(i+1), "route", "replace", fmt.Sprintf("10.96.%d.0/24", other),
 				"via", fmt.Sprintf("10.98.0.%d", other), "dev", "two-vx")
 		}
+	case "wireguard":
+		var keys []string
+		for range 2 {
+			k, err := wireguard.GenerateKey()
+			if err != nil {
+				b.Fatal(err)
+			}
+			keys = append(keys, k.String())
+		}
+		tp.wg = keys
+		defer func() { tp.wg = nil }()
+		mtu := testMTU + 28 - wireguard.Overhead
+		tp.setContainerMTU(1, mtu)
+		tp.setContainerMTU(2, mtu)
+		fwds = append(fwds, tp.startForwarder(1, OffloadAuto, 2), tp.startForwarder(2, OffloadAuto, 1))
+		r.path = fwds[0].path
 	case "plain", "offload", "offload1p", "busy":
 		off := map[string]string{"plain": OffloadOff, "offload": OffloadAuto, "offload1p": OffloadAuto, "busy": OffloadAuto}[mode]
 		if mode == "busy" {
@@ -273,7 +291,8 @@ func benchTable(modes []string, res map[string]*benchResult, rounds, secs int) s
 		name := map[string]string{
 			"underlay": "direct underlay (host to host)", "vxlan": "kernel VXLAN",
 			"plain": "twill plain (" + r.path + ")", "offload": "twill fast (" + r.path + ")", "offload1p": "twill fast GOMAXPROCS=1",
-			"busy": fmt.Sprintf("twill fast, busy poll %v", benchBusyPoll),
+			"busy":      fmt.Sprintf("twill fast, busy poll %v", benchBusyPoll),
+			"wireguard": "twill encrypted (wireguard)",
 		}[m]
 		cpu := "–"
 		if r.path != "" { // a forwarder mode

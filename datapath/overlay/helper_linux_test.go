@@ -16,6 +16,8 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+
+	"github.com/twill-net/twill/datapath/wireguard"
 )
 
 // The root tests and the benchmark harness re-exec this test binary inside
@@ -34,6 +36,10 @@ type helperFwdConfig struct {
 	Peers   map[string]string // subnet -> addr:port
 	Ready   string            // file written once forwarding
 	Stats   string            // file the final Stats are written to (JSON)
+	// WGKey, when set, runs an encrypted overlay instead (datapath/wireguard,
+	// as twilld does): this private key, WGPeers subnet -> public key.
+	WGKey   string
+	WGPeers map[string]string
 }
 
 func helperMain() bool {
@@ -68,6 +74,9 @@ func helperForwarder() error {
 		return err
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	if c.WGKey != "" {
+		return helperWireGuard(c, log)
+	}
 	f, err := Open(Config{MTU: c.MTU, PublicIP: netip.MustParseAddr(c.Public), Offload: c.Offload, BusyPoll: c.Busy, Logger: log})
 	if err != nil {
 		return err
@@ -104,6 +113,38 @@ func helperForwarder() error {
 		return err
 	}
 	return runErr
+}
+
+// helperWireGuard runs one host of an encrypted overlay until SIGTERM. Its
+// Stats are empty: WireGuard counts per peer (twillctl peers).
+func helperWireGuard(c helperFwdConfig, log *slog.Logger) error {
+	key, err := wireguard.ParseKey(c.WGKey)
+	if err != nil {
+		return err
+	}
+	d, err := wireguard.Open(wireguard.Config{Overlay: netip.MustParsePrefix(c.Overlay), Local: netip.MustParsePrefix(c.Local),
+		PrivateKey: key, Logger: log}, c.MTU)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	for s, a := range c.Peers {
+		pub, err := wireguard.ParseKey(c.WGPeers[s])
+		if err != nil {
+			return err
+		}
+		ep := netip.MustParseAddrPort(a)
+		if err := d.SetPeer(wireguard.Peer{Subnet: netip.MustParsePrefix(s), PublicKey: pub, Endpoint: netip.AddrPortFrom(ep.Addr(), wireguard.DefaultListenPort)}); err != nil {
+			return err
+		}
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := os.WriteFile(c.Ready, []byte("wireguard"), 0o644); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	return os.WriteFile(c.Stats, []byte("{}"), 0o644)
 }
 
 // helperSink accepts one TCP connection, reads it to the end and writes

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twill-net/twill/datapath/wireguard"
 	"github.com/twill-net/twill/internal/testbed"
 )
 
@@ -33,6 +34,7 @@ type testTopo struct {
 	fwds  map[int]*testFwd
 	hosts []string
 	busy  time.Duration // Config.BusyPoll of the forwarders started next
+	wg    []string      // when set, the forwarders started next run WireGuard with these private keys (host i: wg[i-1])
 }
 
 type testFwd struct {
@@ -97,6 +99,14 @@ func (tp *testTopo) startForwarder(i int, offload string, peers ...int) *testFwd
 	}
 	for _, p := range peers {
 		c.Peers[leaseOf(p)] = underlayIP(p) + ":8285"
+	}
+	if tp.wg != nil {
+		c.MTU = testMTU + 28 - wireguard.Overhead
+		c.WGKey, c.WGPeers = tp.wg[i-1], map[string]string{}
+		for _, p := range peers {
+			k, _ := wireguard.ParseKey(tp.wg[p-1])
+			c.WGPeers[leaseOf(p)] = k.Public().String()
+		}
 	}
 	b, _ := json.Marshal(c)
 	args := pinned(os.Args[0], "-test.run=^$")
