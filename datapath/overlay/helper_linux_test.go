@@ -143,6 +143,12 @@ func helperWireGuard(c helperFwdConfig, log *slog.Logger) error {
 	if err := os.WriteFile(c.Ready, []byte("wireguard"), 0o644); err != nil {
 		return err
 	}
+	if p := os.Getenv("TWO_CPUPROFILE"); p != "" {
+		pf, err := os.Create(fmt.Sprintf("%s.%s", p, c.Public))
+		if err == nil && pprof.StartCPUProfile(pf) == nil {
+			defer pprof.StopCPUProfile()
+		}
+	}
 	<-ctx.Done()
 	return os.WriteFile(c.Stats, []byte("{}"), 0o644)
 }
