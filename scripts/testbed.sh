@@ -82,6 +82,9 @@ member() {
 	ip netns exec "$ns" sysctl -qw net.ipv4.ip_forward=1
 }
 
+# The daemons are started with fd 9 closed: it is the testbed lock of the
+# calling script (lib.sh testbed_lock), which a daemon left running (a demo)
+# would otherwise hold until it dies, so `demo-down` under that lock waited forever.
 start_dockerd() {
 	local n=$1 dir=$STATE/h$1 holder
 	holder=$(pidof_file "$dir/holder.pid")
@@ -92,7 +95,7 @@ start_dockerd() {
 		--exec-root "/run/twe-h$n" -H "$(sock "$n")" --pidfile "/run/twe-h$n.pid" \
 		--bridge=none --iptables=false --ip-masq=false --userland-proxy=false \
 		--insecure-registry "$REG" --cgroup-parent "/twe-h$n" \
-		>>"$dir/dockerd.log" 2>&1 </dev/null &
+		>>"$dir/dockerd.log" 2>&1 </dev/null 9>&- &
 	echo $! >"$dir/dockerd.pid"
 }
 
@@ -165,7 +168,7 @@ up_inner() {
 	ip netns exec twe-etcd setsid etcd --name twe --data-dir "$STATE/etcd/data" \
 		--listen-client-urls "$ETCD_URL,http://127.0.0.1:2379" --advertise-client-urls "$ETCD_URL" \
 		--listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
-		--initial-cluster twe=http://127.0.0.1:2380 >>"$STATE/etcd/etcd.log" 2>&1 </dev/null &
+		--initial-cluster twe=http://127.0.0.1:2380 >>"$STATE/etcd/etcd.log" 2>&1 </dev/null 9>&- &
 	echo $! >"$STATE/etcd/pid"
 	cat >"$STATE/registry/config.yml" <<-EOF
 		version: 0.1
@@ -174,7 +177,7 @@ up_inner() {
 		http: {addr: 0.0.0.0:5000}
 	EOF
 	ip netns exec twe-reg setsid docker-registry serve "$STATE/registry/config.yml" \
-		>>"$STATE/registry/registry.log" 2>&1 </dev/null &
+		>>"$STATE/registry/registry.log" 2>&1 </dev/null 9>&- &
 	echo $! >"$STATE/registry/pid"
 
 	say "starting $HOSTS dockerd (own netns, mount namespace, data-root, socket)"
@@ -186,7 +189,7 @@ up_inner() {
 		# one long-lived process per host holds the mount namespace every dockerd
 		# of that host runs in, so a restarted dockerd finds its sandboxes (P15)
 		setsid ip netns exec "twe-h$n" sh -c "set -e; $cg; echo \$\$ >$STATE/h$n/holder.pid; exec sleep infinity" \
-			>>"$STATE/h$n/holder.log" 2>&1 </dev/null &
+			>>"$STATE/h$n/holder.log" 2>&1 </dev/null 9>&- &
 	done
 	for n in $(seq 1 "$HOSTS"); do
 		local i
