@@ -8,6 +8,7 @@
 package driver
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -31,6 +32,7 @@ const (
 	optIPv6       = "com.docker.network.enable_ipv6"
 	optInternal   = "com.docker.network.internal"
 	optMTU        = "com.docker.network.driver.mtu"
+	optBackend    = "twill.backend" // -o twill.backend=wireguard: an encrypted overlay
 	optPortMap    = "com.docker.network.portmap"
 	defaultIPAM   = "LocalDefault"
 	defaultGlobal = "GlobalDefault"
@@ -74,6 +76,11 @@ type Config struct {
 	// differs from MTU (an encrypted overlay's WireGuard device carries
 	// less); 0 means MTU.
 	OverlayMTU func(overlay netip.Prefix) int
+	// SetBackend, when set, makes overlay use backend ("udp" or "wireguard")
+	// for -o twill.backend=…, or returns an error saying why it cannot (the
+	// overlay already runs another backend between hosts). nil refuses the
+	// option.
+	SetBackend func(ctx context.Context, overlay netip.Prefix, backend string) error
 	// PluginName is how users name twill in -d / --ipam-driver, for error
 	// messages ("twill:latest" for the managed plugin, "twill" unmanaged).
 	PluginName string

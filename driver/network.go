@@ -20,7 +20,7 @@ import (
 // that says what to use instead. A repeated call for the same network
 // converges and succeeds.
 func (d *Driver) CreateNetwork(ctx context.Context, req *netapi.CreateNetworkRequest) error {
-	n, err := d.parseNetwork(req)
+	n, err := d.parseNetwork(ctx, req)
 	if err != nil {
 		return err
 	}
@@ -94,7 +94,7 @@ func (d *Driver) forgetNetwork(id string) *store.Pending {
 }
 
 // parseNetwork checks a CreateNetwork request and turns it into a network.
-func (d *Driver) parseNetwork(req *netapi.CreateNetworkRequest) (*network, error) {
+func (d *Driver) parseNetwork(ctx context.Context, req *netapi.CreateNetworkRequest) (*network, error) {
 	if req.NetworkID == "" {
 		return nil, fmt.Errorf("CreateNetwork without NetworkID: %w", ErrBadRequest)
 	}
@@ -147,14 +147,15 @@ func (d *Driver) parseNetwork(req *netapi.CreateNetworkRequest) (*network, error
 		}
 		n.Internal = b
 	}
-	if err := d.parseGeneric(n, req.Options[optGeneric]); err != nil {
+	if err := d.parseGeneric(ctx, n, req.Options[optGeneric]); err != nil {
 		return nil, err
 	}
 	return n, nil
 }
 
-// parseGeneric applies the user's -o options (Docker's generic map).
-func (d *Driver) parseGeneric(n *network, generic any) error {
+// parseGeneric applies the user's -o options (Docker's generic map): the
+// backend first (it decides the tunnel MTU), then the mtu.
+func (d *Driver) parseGeneric(ctx context.Context, n *network, generic any) error {
 	if generic == nil {
 		return nil
 	}
@@ -163,11 +164,29 @@ func (d *Driver) parseGeneric(n *network, generic any) error {
 		return fmt.Errorf("network %s: option %s is a %T, not an object: %w", shortID(n.ID), optGeneric, generic, ErrBadRequest)
 	}
 	var unknown []string
-	for k, v := range opts {
-		if k != optMTU {
+	for k := range opts {
+		if k != optMTU && k != optBackend {
 			unknown = append(unknown, k)
-			continue
 		}
+	}
+	if len(unknown) > 0 {
+		sort.Strings(unknown)
+		return fmt.Errorf("network %s: -o %s: %w: twill understands only -o %s=N and -o %s=udp|wireguard", shortID(n.ID), strings.Join(unknown, ", "), ErrBadOption, optMTU, optBackend)
+	}
+	if v, ok := opts[optBackend]; ok {
+		be, _ := v.(string)
+		if be != "udp" && be != "wireguard" {
+			return fmt.Errorf("network %s: -o %s=%v: %w: use udp (plain, flannel's udp backend) or wireguard (encrypted, flannel's wireguard backend)", shortID(n.ID), optBackend, v, ErrBadOption)
+		}
+		if d.cfg.SetBackend == nil {
+			return fmt.Errorf("network %s: -o %s: %w: this twill cannot choose backends", shortID(n.ID), optBackend, ErrBadOption)
+		}
+		if err := d.cfg.SetBackend(ctx, n.Overlay, be); err != nil {
+			return fmt.Errorf("network %s: -o %s=%s: %w", shortID(n.ID), optBackend, be, err)
+		}
+		n.MTU = d.tunnelMTU(n.Overlay)
+	}
+	if v, ok := opts[optMTU]; ok {
 		mtu, err := parseMTU(v)
 		if err != nil {
 			return fmt.Errorf("network %s: -o %s=%v: %w: give a number of bytes", shortID(n.ID), optMTU, v, ErrMTU)
@@ -180,10 +199,6 @@ func (d *Driver) parseGeneric(n *network, generic any) error {
 			return fmt.Errorf("network %s: -o %s=%d: %w: IPv4 needs at least %d", shortID(n.ID), optMTU, mtu, ErrMTU, minMTU)
 		}
 		n.MTU = mtu
-	}
-	if len(unknown) > 0 {
-		sort.Strings(unknown)
-		return fmt.Errorf("network %s: -o %s: %w: twill understands only -o %s=N", shortID(n.ID), strings.Join(unknown, ", "), ErrBadOption, optMTU)
 	}
 	return nil
 }

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -79,6 +81,22 @@ func (e *encrypted) join(cfg subnet.Config, local netip.Prefix) error {
 	e.log.Info("encrypted overlay up", "overlay", cfg.Network, "device", d.Name(), "subnet", local,
 		"listen_port", be.ListenPort, "public_key", e.key.Public().String(), "mtu", e.mtu)
 	return nil
+}
+
+// freePort is the lowest ListenPort from wireguard.DefaultListenPort that
+// no encrypted overlay on this host uses.
+func (e *encrypted) freePort() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	used := map[int]bool{}
+	for _, d := range e.devs {
+		used[d.Stats().ListenPort] = true
+	}
+	p := wireguard.DefaultListenPort
+	for used[p] {
+		p++
+	}
+	return p
 }
 
 // leave closes the overlay's device (this host lost or released its lease).
@@ -186,4 +204,37 @@ func (e *encrypted) close() {
 		d.Close()
 		delete(e.devs, ov)
 	}
+}
+
+// setBackend is the driver's SetBackend (-o twill.backend=…): an overlay this
+// host just created changes backend (subnet.Manager.SetBackend says when it
+// may), and this host's lease moves between twill0 and the overlay's
+// WireGuard device.
+func (n *node) setBackend(ctx context.Context, ov netip.Prefix, backend string) error {
+	var be json.RawMessage
+	switch backend {
+	case wireguard.Type:
+		be, _ = wireguard.Backend{ListenPort: n.enc.freePort()}.MarshalJSON()
+	default:
+		be, _ = json.Marshal(struct {
+			Type string
+			Port int
+		}{"udp", int(n.cfg.Port)})
+	}
+	cfg, err := n.leases.SetBackend(ctx, ov, be)
+	if err != nil {
+		return err
+	}
+	sn, err := n.leases.Subnet(ctx, ov)
+	if err != nil {
+		return err
+	}
+	if isEncrypted(cfg) {
+		if err := n.fwd.RemoveOverlay(ov); err != nil {
+			return fmt.Errorf("moving overlay %s off twill0: %w", ov, err)
+		}
+	} else {
+		n.enc.leave(ov)
+	}
+	return n.joinOverlay(ov, sn)
 }

@@ -127,7 +127,12 @@ func TestEncryptedOverlayAcrossHosts(t *testing.T) {
 		for a := 1; a <= 3; a++ {
 			for b := 1; b <= 3; b++ {
 				if a != b {
+					start := time.Now()
 					mustPing(t, ctrs[a].NS, ctrs[b].Addr.Addr())
+					// WireGuard retries a lost handshake only after 5 s.
+					if d := time.Since(start); d > 2*time.Second {
+						t.Errorf("g%d -> g%d: first reply after %v", a, b, d.Round(time.Millisecond))
+					}
 				}
 			}
 		}
@@ -270,11 +275,13 @@ func TestEncryptedOverlayAcrossHosts(t *testing.T) {
 		joined := time.Now()
 		for n := 1; n <= 3; n++ {
 			mustPing(t, ctrs[n].NS, c4.Addr.Addr())
-			t.Logf("g%d -> g4 %v", n, time.Since(joined))
 			mustPing(t, c4.NS, ctrs[n].Addr.Addr())
-			t.Logf("g4 -> g%d %v", n, time.Since(joined))
 		}
-		t.Logf("h4 reachable from every host %v after its container started", time.Since(joined).Round(time.Millisecond))
+		reach := time.Since(joined)
+		t.Logf("h4 reachable from every host %v after its container started", reach.Round(time.Millisecond))
+		if reach > 2*time.Second {
+			t.Errorf("h4 took %v to be reachable: a first handshake was lost", reach)
+		}
 	})
 }
 
@@ -362,4 +369,68 @@ func TestFlannelWireGuardInterop(t *testing.T) {
 	t.Logf("twill container -> flannel-wg node: 50 MiB in %v", took.Round(time.Millisecond))
 	took = transfer(t, ns, ctrs[2].NS, ctrs[2].Addr.Addr(), 5002, 50<<20)
 	t.Logf("flannel-wg node -> twill container: 50 MiB in %v", took.Round(time.Millisecond))
+}
+
+// TestBackendNetworkOption: `docker network create -o twill.backend=wireguard
+// --subnet X` makes X an encrypted overlay (the first host writes its
+// config); other hosts join it encrypted; an overlay already running udp
+// between hosts is never switched, and the refusal says why.
+func TestBackendNetworkOption(t *testing.T) {
+	c := newCluster(t, "twko")
+	h1, h2 := c.start(1), c.start(2)
+	wg := map[string]string{"twill.backend": "wireguard"}
+	h1.net = h1.docker.CreateNetwork(t, testbed.ID("sec-h1"), "10.98.0.0/16", wg)
+	if v := c.etcdGet(c.prefix + "/overlays/10.98.0.0-16/config"); !strings.Contains(v, `"Backend":{"Type":"wireguard","ListenPort":51820}`) {
+		t.Fatalf("config after -o twill.backend=wireguard: %s", v)
+	}
+	h2.net = h2.docker.CreateNetwork(t, testbed.ID("sec-h2"), "10.98.0.0/16", wg)
+	c1, c2 := c.container(h1, "o1"), c.container(h2, "o2")
+	mustPing(t, c1.NS, c2.Addr.Addr())
+	mustPing(t, c2.NS, c1.Addr.Addr())
+	if out := testbed.MustIn(t, c1.NS, "ip", "link", "show", "eth0"); !strings.Contains(out, "mtu 1420") {
+		t.Errorf("container on an encrypted network: %s, want mtu 1420 (underlay 1500 - 80)", out)
+	}
+	if _, ok := c.encPeer(h1, netip.MustParsePrefix(c2.Addr.Masked().String())); !ok {
+		t.Errorf("h1 has no encrypted peer for h2: %+v", c.peers(h1))
+	}
+	transfer(t, c1.NS, c2.NS, c2.Addr.Addr(), 5001, 10<<20)
+
+	// A udp overlay two hosts share stays udp.
+	h1.docker.CreateNetwork(t, testbed.ID("plain-h1"), "10.99.0.0/16", nil)
+	err := createNetworkErr(h2.docker, testbed.ID("plain-h2"), "10.99.0.0/16", wg)
+	if err == nil || !strings.Contains(err.Error(), "udp backend between 1 other host") || !strings.Contains(err.Error(), "another --subnet") {
+		t.Errorf("-o twill.backend=wireguard on a running udp overlay: %v, want a refusal saying why and what to do", err)
+	}
+	if v := c.etcdGet(c.prefix + "/overlays/10.99.0.0-16/config"); !strings.Contains(v, `"Type":"udp"`) {
+		t.Errorf("refused change left config %s", v)
+	}
+	// And an encrypted one is never made plain.
+	h3 := c.start(3)
+	err = createNetworkErr(h3.docker, testbed.ID("plain-h3"), "10.98.0.0/16", map[string]string{"twill.backend": "udp"})
+	if err == nil || !strings.Contains(err.Error(), "wireguard backend between 2 other host") {
+		t.Errorf("-o twill.backend=udp on an encrypted overlay: %v", err)
+	}
+}
+
+// createNetworkErr does what `docker network create` does and returns the
+// error the user would see.
+func createNetworkErr(d *testbed.Docker, id, subnet string, opts map[string]string) error {
+	var pool struct{ PoolID, Pool string }
+	if err := d.Call("IpamDriver.RequestPool", map[string]any{"AddressSpace": "twill-local", "Pool": subnet, "SubPool": "", "Options": map[string]string{}, "V6": false}, &pool); err != nil {
+		return err
+	}
+	var gw struct{ Address string }
+	if err := d.Call("IpamDriver.RequestAddress", map[string]any{"PoolID": pool.PoolID, "Address": "", "Options": map[string]string{"RequestAddressType": "com.docker.network.gateway"}}, &gw); err != nil {
+		return err
+	}
+	generic := map[string]any{}
+	for k, v := range opts {
+		generic[k] = v
+	}
+	return d.Call("NetworkDriver.CreateNetwork", map[string]any{
+		"NetworkID": id,
+		"Options":   map[string]any{"com.docker.network.enable_ipv6": false, "com.docker.network.generic": generic},
+		"IPv4Data":  []any{map[string]any{"AddressSpace": "twill-local", "Gateway": gw.Address, "Pool": pool.Pool}},
+		"IPv6Data":  []any{},
+	}, nil)
 }

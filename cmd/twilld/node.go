@@ -163,7 +163,7 @@ func startHost(ctx context.Context, cfg config, log *slog.Logger, srv *plugin.Se
 		return nil, err
 	}
 	n.rejoinOverlays(ctx)
-	dcfg := driver.Config{MTU: n.mtu, OverlayMTU: n.overlayMTU, PluginName: cfg.PluginName}
+	dcfg := driver.Config{MTU: n.mtu, OverlayMTU: n.overlayMTU, SetBackend: n.setBackend, PluginName: cfg.PluginName}
 	if n.drv, err = driver.New(log, n.links, n.fw, n.ipam, n.db, dcfg); err != nil {
 		return nil, err
 	}

@@ -117,7 +117,10 @@ func (tp *testTopo) benchRound(b *testing.B, mode string, secs int, r *benchResu
 			testbed.Must(b, "ip", "-n", hostNS(i+1), "route", "replace", fmt.Sprintf("10.96.%d.0/24", other),
 				"via", fmt.Sprintf("10.98.0.%d", other), "dev", "two-vx")
 		}
-	case "wireguard":
+	case "wireguard", "wireguard1p":
+		if mode == "wireguard1p" {
+			defer setenvFor("GOMAXPROCS", "1")()
+		}
 		var keys []string
 		for range 2 {
 			k, err := wireguard.GenerateKey()
@@ -173,6 +176,20 @@ func (tp *testTopo) benchRound(b *testing.B, mode string, secs int, r *benchResu
 }
 
 var rttRE = regexp.MustCompile(`time=([0-9.]+) ms`)
+
+// setenvFor sets an environment variable for the forwarder processes
+// started next (they inherit it) and returns what restores it.
+func setenvFor(key, value string) func() {
+	old, had := os.LookupEnv(key)
+	os.Setenv(key, value)
+	return func() {
+		if had {
+			os.Setenv(key, old)
+		} else {
+			os.Unsetenv(key)
+		}
+	}
+}
 
 // pingP50 returns the median RTT in ms of 40 pings from ns to addr.
 func pingP50(b *testing.B, ns, addr string) float64 {
@@ -291,8 +308,9 @@ func benchTable(modes []string, res map[string]*benchResult, rounds, secs int) s
 		name := map[string]string{
 			"underlay": "direct underlay (host to host)", "vxlan": "kernel VXLAN",
 			"plain": "twill plain (" + r.path + ")", "offload": "twill fast (" + r.path + ")", "offload1p": "twill fast GOMAXPROCS=1",
-			"busy":      fmt.Sprintf("twill fast, busy poll %v", benchBusyPoll),
-			"wireguard": "twill encrypted (wireguard)",
+			"busy":        fmt.Sprintf("twill fast, busy poll %v", benchBusyPoll),
+			"wireguard":   "twill encrypted (wireguard)",
+			"wireguard1p": "twill encrypted GOMAXPROCS=1",
 		}[m]
 		cpu := "–"
 		if r.path != "" { // a forwarder mode

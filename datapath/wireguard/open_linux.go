@@ -1,9 +1,11 @@
 package wireguard
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.zx2c4.com/wireguard/conn"
@@ -33,32 +35,56 @@ func Open(cfg Config, mtu int) (*Device, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creating tun %s for encrypted overlay %s: %w", name, cfg.Overlay, err)
 	}
-	d, err := New(cfg, t, conn.NewStdNetBind())
-	if err != nil {
+	if err := routeTUN(name, cfg.Overlay, cfg.Local); err != nil {
+		t.Close()
 		return nil, err
 	}
-	if err := d.route(); err != nil {
-		d.Close()
-		return nil, err
+	// wireguard-go takes the device down and up again as the TUN's link
+	// state events say. The first check, at creation, saw the link still
+	// down: that EventDown, handled after peers were added, would drop the
+	// first handshakes (and WireGuard retries only after 5 s). So the
+	// events are read here until the link is reported up.
+	if err := waitUp(t, 3*time.Second); err != nil {
+		t.Close()
+		return nil, fmt.Errorf("tun %s: %w", name, err)
 	}
-	return d, nil
+	return New(cfg, t, conn.NewStdNetBind())
 }
 
-func (d *Device) route() error {
-	link, err := netlink.LinkByName(d.name)
-	if err != nil {
-		return fmt.Errorf("finding %s: %w", d.name, err)
+func waitUp(t tun.Device, d time.Duration) error {
+	deadline := time.After(d)
+	for {
+		select {
+		case ev, ok := <-t.Events():
+			if !ok {
+				return errors.New("closed")
+			}
+			if ev&tun.EventUp != 0 {
+				return nil
+			}
+		case <-deadline:
+			return fmt.Errorf("link not reported up within %v", d)
+		}
 	}
-	addr := netip.PrefixFrom(d.cfg.Local.Addr(), 32)
+}
+
+// routeTUN gives the TUN this host's first address of local as a /32, sets
+// it up and routes the overlay through it.
+func routeTUN(name string, overlay, local netip.Prefix) error {
+	link, err := netlink.LinkByName(name)
+	if err != nil {
+		return fmt.Errorf("finding %s: %w", name, err)
+	}
+	addr := netip.PrefixFrom(local.Addr(), 32)
 	if err := netlink.AddrReplace(link, &netlink.Addr{IPNet: ipNet(addr)}); err != nil {
-		return fmt.Errorf("adding address %s to %s: %w", addr, d.name, err)
+		return fmt.Errorf("adding address %s to %s: %w", addr, name, err)
 	}
 	if err := netlink.LinkSetUp(link); err != nil {
-		return fmt.Errorf("setting %s up: %w", d.name, err)
+		return fmt.Errorf("setting %s up: %w", name, err)
 	}
-	r := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: ipNet(d.cfg.Overlay), Src: d.cfg.Local.Addr().AsSlice(), Scope: netlink.SCOPE_LINK}
+	r := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: ipNet(overlay), Src: local.Addr().AsSlice(), Scope: netlink.SCOPE_LINK}
 	if err := netlink.RouteReplace(r); err != nil {
-		return fmt.Errorf("adding route %s dev %s: %w", d.cfg.Overlay, d.name, err)
+		return fmt.Errorf("adding route %s dev %s: %w", overlay, name, err)
 	}
 	return nil
 }

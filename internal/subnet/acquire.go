@@ -160,7 +160,10 @@ func (o *overlay) reuse(ctx context.Context, l Lease) (Lease, error) {
 // attrs is the value this host writes: flannel's udp backend lease, or the
 // overlay's backend's type and data (a changed key rewrites the lease).
 func (o *overlay) attrs() Attrs {
-	return Attrs{PublicIP: o.m.opts.PublicIP, BackendType: o.backend.Type, BackendData: o.backend.Data}
+	o.m.mu.Lock()
+	be := o.backend
+	o.m.mu.Unlock()
+	return Attrs{PublicIP: o.m.opts.PublicIP, BackendType: be.Type, BackendData: be.Data}
 }
 
 // pickFree returns a free subnet chosen at random, so that many hosts

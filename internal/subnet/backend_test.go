@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -80,5 +81,63 @@ func TestBackendRefusalNamesTheConfig(t *testing.T) {
 	}
 	if resp, _ := sharedCli.Get(ctxT(t), p+"/subnets/", clientv3.WithPrefix()); len(resp.Kvs) != 0 {
 		t.Errorf("a refused overlay got %d leases", len(resp.Kvs))
+	}
+}
+
+func TestSetBackendOnlyOnAFreshOverlay(t *testing.T) {
+	p := testPrefix(t)
+	o1, o2 := opts(t, p), opts(t, p)
+	o1.Backend, o2.Backend = wgBackend("key-a"), wgBackend("key-b")
+	a, b := newManager(t, o1), newManager(t, o2)
+	green, red := netip.MustParsePrefix("10.97.0.0/16"), netip.MustParsePrefix("10.98.0.0/16")
+	wg := json.RawMessage(`{"Type":"wireguard","ListenPort":51820}`)
+
+	la, err := a.Lease(ctxT(t), green)
+	if err != nil {
+		t.Fatal(err)
+	}
+	evs := a.Subscribe(ctxT(t))
+	cfg, err := a.SetBackend(ctxT(t), green, wg)
+	if err != nil || cfg.BackendType != "wireguard" {
+		t.Fatalf("SetBackend on a fresh overlay: %+v %v", cfg, err)
+	}
+	stored, _ := mustGet(t, sharedCli, p+"/overlays/10.97.0.0-16/config")
+	if stored != `{"Network":"10.97.0.0/16","SubnetLen":24,"Backend":{"Type":"wireguard","ListenPort":51820}}` {
+		t.Errorf("config %s", stored)
+	}
+	val, id := mustGet(t, sharedCli, p+"/overlays/10.97.0.0-16/subnets/"+subnetKey(la.Subnet))
+	if !strings.Contains(val, `"BackendType":"wireguard","BackendData":{"PublicKey":"key-a"}`) || id != la.EtcdLease {
+		t.Errorf("own lease %s bound to %x, want a wireguard lease on the same etcd lease %x", val, id, la.EtcdLease)
+	}
+	if c, _ := a.Config(green); c.BackendType != "wireguard" {
+		t.Errorf("Config after SetBackend: %+v", c)
+	}
+	nextEvent(t, evs, 5*time.Second, func(e Event) bool {
+		return e.Own && e.Lease.Subnet == la.Subnet && e.Lease.Attrs.BackendType == "wireguard"
+	})
+	// Asking again is a no-op; a second host joins on the new backend.
+	if _, err := a.SetBackend(ctxT(t), green, wg); err != nil {
+		t.Errorf("SetBackend again: %v", err)
+	}
+	lb, err := b.Lease(ctxT(t), green)
+	if err != nil || lb.Attrs.BackendType != "wireguard" {
+		t.Fatalf("second host: %+v %v", lb, err)
+	}
+	// Now the backend is fixed: neither host may change it.
+	_, err = b.SetBackend(ctxT(t), green, json.RawMessage(`{"Type":"udp"}`))
+	if !errors.Is(err, ErrBackendInUse) || !strings.Contains(err.Error(), "1 other host") || !strings.Contains(err.Error(), "another --subnet") {
+		t.Errorf("changing a shared overlay: %v, want ErrBackendInUse saying why and what to do", err)
+	}
+	// An overlay two hosts already use over udp stays udp.
+	a.Lease(ctxT(t), red)
+	b.Lease(ctxT(t), red)
+	if _, err := a.SetBackend(ctxT(t), red, wg); !errors.Is(err, ErrBackendInUse) {
+		t.Errorf("encrypting a shared udp overlay: %v, want ErrBackendInUse", err)
+	}
+	if c, _ := a.Config(red); c.BackendType != "udp" {
+		t.Errorf("refused change left %s", c.BackendType)
+	}
+	if _, err := a.SetBackend(ctxT(t), net96, wg); !errors.Is(err, ErrBackendInUse) || !strings.Contains(err.Error(), "default overlay") {
+		t.Errorf("changing the default overlay: %v", err)
 	}
 }

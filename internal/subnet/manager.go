@@ -259,7 +259,7 @@ func (m *Manager) Subnet(ctx context.Context, overlay netip.Prefix) (netip.Prefi
 // open acquires this host's lease in the overlay and reads every lease, ready
 // for register.
 func (m *Manager) open(ctx context.Context, kv overlayKV, cfg Config) (*overlay, error) {
-	o := &overlay{m: m, kv: kv, cfg: cfg, log: m.log.With("overlay", cfg.Network.String())}
+	o := &overlay{m: m, kv: kv, cfg: cfg, live: cfg, log: m.log.With("overlay", cfg.Network.String())}
 	if m.opts.Backend != nil {
 		be, err := m.opts.Backend(cfg)
 		if err != nil {
@@ -356,7 +356,7 @@ func (m *Manager) Config(overlay netip.Prefix) (Config, bool) {
 	if o == nil {
 		return Config{}, false
 	}
-	return o.cfg, true
+	return o.live, true
 }
 
 // OverlayOf returns the overlay (of those this host uses) that contains sn,

@@ -15,18 +15,19 @@ import (
 // and re-acquired, and the watch over every host's lease. One goroutine (run)
 // owns it after register.
 type overlay struct {
-	m       *Manager
-	kv      overlayKV
-	cfg     Config
-	backend LeaseBackend // what this host's leases carry
-	log     *slog.Logger
+	m   *Manager
+	kv  overlayKV
+	cfg Config // as opened: Network and the subnet layout never change
+	log *slog.Logger
 
 	cancel context.CancelFunc
 	done   chan struct{}
 
 	// Guarded by m.mu (written by the loop, read by Manager methods).
-	own     Lease // zero while the host holds no lease here
-	lastErr error // why the last acquire or renew failed
+	live    Config       // cfg with the backend as it is now (SetBackend may change it)
+	backend LeaseBackend // what this host's leases carry
+	own     Lease        // zero while the host holds no lease here
+	lastErr error        // why the last acquire or renew failed
 
 	// Loop-private.
 	holding bool                   // own is confirmed in etcd; false: re-acquire at the next timer
