@@ -18,9 +18,11 @@ build:
 test: build unit fuzz e2e
 
 # As root the kernel tests run, among them one against a real flanneld built
-# here (scripts/flanneld.sh; its udp backend needs gcc).
+# here (scripts/flanneld.sh; its udp backend needs gcc). bpf-check regenerates
+# the kernel datapath's committed BPF object with clang and fails on a difference.
 unit:
 	$(GO) vet ./...
+	bash scripts/bpf-check.sh
 	if [ "$$(id -u)" = 0 ]; then f=$$(bash scripts/flanneld.sh) || exit 1; export TWILL_FLANNELD=$$f; fi; \
 	$(GO) test -count=1 -p 1 -timeout 30m ./...
 

@@ -26,7 +26,7 @@ type fakeSource struct {
 
 func (f *fakeSource) Status(ctx context.Context) (control.Status, error) {
 	return control.Status{Hostname: "node-a", PublicIP: "10.0.0.1", Port: 8285, Underlay: "eth0", MTU: 1472,
-		Offload: "offload", BusyPoll: "50ms, 12 spells", Etcd: "http://10.0.0.5:2379", EtcdHealthy: true, UptimeSecond: 3725,
+		Datapath: "kernel (eBPF on twill0 and eth0; the TUN path takes what the programs leave)", Offload: "offload", BusyPoll: "50ms, 12 spells", Etcd: "http://10.0.0.5:2379", EtcdHealthy: true, UptimeSecond: 3725,
 		Overlays: []control.OverlayLease{{Network: "10.96.0.0/16", Subnet: "10.96.7.0/24", Default: true, Expiry: f.exp}}}, nil
 }
 

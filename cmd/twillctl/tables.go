@@ -19,6 +19,7 @@ func printStatus(w io.Writer, s *control.Status) {
 	fmt.Fprintf(t, "host\t%s\n", s.Hostname)
 	fmt.Fprintf(t, "public ip\t%s:%d (underlay %s)\n", s.PublicIP, s.Port, s.Underlay)
 	fmt.Fprintf(t, "mtu\t%d\n", s.MTU)
+	fmt.Fprintf(t, "datapath\t%s\n", s.Datapath)
 	fmt.Fprintf(t, "offload\t%s\n", s.Offload)
 	fmt.Fprintf(t, "busy poll\t%s\n", s.BusyPoll)
 	health := "healthy"

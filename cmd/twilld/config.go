@@ -32,6 +32,7 @@ type config struct {
 	MTU      int // 0 = underlay MTU - 28
 	Offload  string
 	BusyPoll time.Duration // 0 = off
+	Datapath string        // auto, kernel or tun
 
 	StateDir      string
 	SubnetEnv     string
@@ -64,6 +65,7 @@ var settings = []setting{
 	{"TWILL_MTU", "mtu", "", "TUN, bridge and veth MTU; empty = underlay MTU - 28"},
 	{"TWILL_OFFLOAD", "offload", "auto", "datapath offloads: auto (TSO/GRO + UDP GSO/GRO when the kernel has them) or off"},
 	{"TWILL_BUSY_POLL", "busy-poll", "0", "after sparse traffic, poll without sleeping until nothing came for this long (e.g. 50ms): lower latency for one CPU kept busy meanwhile; 0 = off"},
+	{"TWILL_DATAPATH", "datapath", "tun", "auto (the kernel path when the kernel, the privileges and the underlay allow it), kernel (eBPF programs forward in the kernel; fail if they cannot) or tun (twilld forwards through twill0)"},
 	{"TWILL_STATE_DIR", "state-dir", "/var/lib/twill", "persisted state (allocations, endpoints, embedded etcd)"},
 	{"TWILL_SUBNET_ENV", "subnet-env", "/run/flannel/subnet.env", "where to write flannel's subnet.env; empty = do not write"},
 	{"TWILL_CONTROL_SOCKET", "control-socket", "", "twillctl's socket; empty = <state-dir>/twill-ctl.sock"},
@@ -191,6 +193,11 @@ func parseConfig(args []string, env func(string) (string, bool), usage io.Writer
 		bad("busy-poll", "want a duration from 0 (off) to %v, e.g. 50ms", overlay.MaxBusyPoll)
 	} else {
 		c.BusyPoll = d
+	}
+	switch c.Datapath = get["datapath"]; c.Datapath {
+	case "auto", "kernel", "tun":
+	default:
+		bad("datapath", "want auto, kernel or tun")
 	}
 	c.StateDir = get["state-dir"]
 	if !filepath.IsAbs(c.StateDir) {

@@ -15,6 +15,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/twill-net/twill/datapath/firewall"
+	"github.com/twill-net/twill/datapath/kernel"
 	"github.com/twill-net/twill/datapath/links"
 	"github.com/twill-net/twill/datapath/overlay"
 	"github.com/twill-net/twill/datapath/wireguard"
@@ -38,16 +39,18 @@ type node struct {
 	publicIP netip.Addr
 	mtu      int
 
-	db     *store.DB
-	etcd   *etcdserver.Server // nil with an external etcd
-	cli    *clientv3.Client
-	leases *subnet.Manager
-	fwd    *overlay.Forwarder
-	enc    *encrypted
-	links  *links.Links
-	fw     *firewall.Firewall
-	drv    *driver.Driver
-	ipam   *ipam.IPAM
+	db      *store.DB
+	etcd    *etcdserver.Server // nil with an external etcd
+	cli     *clientv3.Client
+	leases  *subnet.Manager
+	fwd     *overlay.Forwarder
+	kdp     *kernel.Datapath // nil: the TUN path forwards everything (pathWhy says why)
+	pathWhy string
+	enc     *encrypted
+	links   *links.Links
+	fw      *firewall.Firewall
+	drv     *driver.Driver
+	ipam    *ipam.IPAM
 
 	envMu     sync.Mutex // serialises subnet.env writes
 	closeOnce sync.Once
@@ -147,6 +150,9 @@ func startHost(ctx context.Context, cfg config, log *slog.Logger, srv *plugin.Se
 	if err != nil {
 		return nil, fmt.Errorf("%w (twill needs /dev/net/tun and CAP_NET_ADMIN; TWILL_PUBLIC_IP/TWILL_IFACE choose the address, TWILL_PORT the port)", err)
 	}
+	if err := n.startKernelPath(); err != nil {
+		return nil, err
+	}
 	for _, l := range n.leases.Leases() {
 		if err := n.joinOverlay(l.Overlay, l.Subnet); err != nil {
 			return nil, err
@@ -182,7 +188,7 @@ func startHost(ctx context.Context, cfg config, log *slog.Logger, srv *plugin.Se
 	}
 	srv.Ready(n.drv, n.ipam)
 	st := n.fwd.Stats()
-	log.Info("twilld ready", "public_ip", n.publicIP, "underlay", n.under.Name, "mtu", n.mtu, "datapath", st.Path)
+	log.Info("twilld ready", "public_ip", n.publicIP, "underlay", n.under.Name, "mtu", n.mtu, "datapath", n.datapath(), "offload", st.Path)
 	return n, nil
 }
 
@@ -194,8 +200,11 @@ func (n *node) joinOverlay(ov, sn netip.Prefix) error {
 		if err := n.enc.join(cfg, sn); err != nil {
 			return fmt.Errorf("joining encrypted overlay %s (this host's subnet %s): %w", ov, sn, err)
 		}
-	} else if err := n.fwd.AddOverlay(ov, sn); err != nil {
-		return fmt.Errorf("adding overlay %s (this host's subnet %s) to twill0: %w", ov, sn, err)
+	} else {
+		if err := n.fwd.AddOverlay(ov, sn); err != nil {
+			return fmt.Errorf("adding overlay %s (this host's subnet %s) to twill0: %w", ov, sn, err)
+		}
+		n.inKernel("adding overlay", func(k *kernel.Datapath) error { return k.AddOverlay(ov, sn) })
 	}
 	if n.cfg.SubnetEnv != "" && ov == n.leases.Default() {
 		n.envMu.Lock()
@@ -229,6 +238,7 @@ func (n *node) follow(ctx context.Context) {
 			if err := n.fwd.RemoveOverlay(l.Overlay); err != nil {
 				n.log.Error("removing overlay", "overlay", l.Overlay, "err", err)
 			}
+			n.inKernel("removing overlay", func(k *kernel.Datapath) error { return k.RemoveOverlay(l.Overlay) })
 		case l.Attrs.BackendType != "" && l.Attrs.BackendType != "udp":
 			n.log.Warn("peer uses another flannel backend; twill speaks udp only, so its subnet is unreachable", "subnet", l.Subnet, "backend", l.Attrs.BackendType, "peer", l.Attrs.PublicIP)
 		case ev.Type == subnet.Added:
@@ -237,12 +247,14 @@ func (n *node) follow(ctx context.Context) {
 				port = c.Port
 			}
 			peer := netip.AddrPortFrom(l.Attrs.PublicIP, uint16(port))
+			n.inKernel("adding peer", func(k *kernel.Datapath) error { return k.SetPeer(l.Subnet, peer) })
 			if err := n.fwd.SetPeer(l.Subnet, peer); err != nil {
 				n.log.Error("adding peer", "subnet", l.Subnet, "peer", peer, "err", err)
 			} else {
 				n.log.Info("peer added", "subnet", l.Subnet, "peer", peer, "overlay", l.Overlay)
 			}
 		default:
+			n.inKernel("removing peer", func(k *kernel.Datapath) error { return k.RemovePeer(l.Subnet) })
 			if err := n.fwd.RemovePeer(l.Subnet); err != nil {
 				n.log.Error("removing peer", "subnet", l.Subnet, "err", err)
 			} else {
@@ -309,6 +321,9 @@ func (n *node) serve(ctx context.Context) error {
 func (n *node) close() { n.closeOnce.Do(n.closeAll) }
 
 func (n *node) closeAll() {
+	if n.kdp != nil {
+		n.kdp.Close()
+	}
 	if n.fwd != nil {
 		n.fwd.Close()
 	}

@@ -20,11 +20,11 @@ import (
 var _ control.Source = (*node)(nil)
 
 func (n *node) Status(ctx context.Context) (control.Status, error) {
-	st := n.fwd.Stats()
+	st := n.stats()
 	host, _ := os.Hostname()
 	s := control.Status{
 		Hostname: host, PublicIP: n.publicIP.String(), Port: int(n.cfg.Port), Underlay: n.under.Name,
-		MTU: n.mtu, Offload: st.Path, StartedAt: n.started, UptimeSecond: time.Since(n.started).Seconds(),
+		MTU: n.mtu, Datapath: n.datapath(), Offload: st.Path, StartedAt: n.started, UptimeSecond: time.Since(n.started).Seconds(),
 		Etcd: strings.Join(n.cli.Endpoints(), ","),
 	}
 	if n.etcd != nil {
@@ -92,7 +92,7 @@ func (n *node) leaseViews(othersExpiry func(subnet.Lease) time.Time) []control.L
 func (n *node) Peers(ctx context.Context) (control.Peers, error) { return n.peerViews(), nil }
 
 func (n *node) peerViews() control.Peers {
-	st := n.fwd.Stats()
+	st := n.stats()
 	p := control.Peers{Drops: maps.Clone(st.Drops)}
 	if p.Drops == nil {
 		p.Drops = map[string]uint64{}

@@ -28,11 +28,16 @@ import (
 // prints a markdown table of medians with the ratios to VXLAN.
 // TWILL_BENCH_ROUNDS (default 3) and TWILL_BENCH_SECONDS (default 5) set
 // the size; TWILL_BENCH_MODES (comma-separated, default
-// underlay,vxlan,plain,offload,busy,wireguard; "wireguard" is an encrypted
-// overlay (datapath/wireguard, as twilld runs it); "offload1p" is the fast path with
+// underlay,vxlan,plain,offload,busy,wireguard,kernel; "wireguard" is an encrypted
+// overlay (datapath/wireguard, as twilld runs it); "kernel" the kernel datapath; "offload1p" is the fast path with
 // GOMAXPROCS=1 in each forwarder) picks the paths; TWILL_BENCH_OUT names a
 // file the table is also written to; TWILL_BENCH_PIN=0 runs the forwarders
-// and ping on CPU 0 (a diagnostic, see pinned).
+// and ping on CPU 0 (a diagnostic, see pinned). Mode "kernel" is the
+// kernel datapath (datapath/kernel) with the fast TUN path beside it.
+// TWILL_BENCH_UNDERLAY=segmenting turns the underlay veths' TSO, GSO,
+// tunnel GSO and checksum offload off, so every datagram crosses alone and
+// checksummed as from a real NIC (default: the veths' offloads on, which
+// hand 64 KB super-packets across whole).
 func BenchmarkDatapath(b *testing.B) {
 	requireKernel(b)
 	for _, tool := range []string{"iperf3", "busybox"} {
@@ -43,8 +48,12 @@ func BenchmarkDatapath(b *testing.B) {
 	rounds := envInt("TWILL_BENCH_ROUNDS", 3)
 	secs := envInt("TWILL_BENCH_SECONDS", 5)
 	tp := newTopo(b, 2)
+	segmenting := os.Getenv("TWILL_BENCH_UNDERLAY") == "segmenting"
 	for i, other := range []int{2, 1} {
 		h := hostNS(i + 1)
+		if segmenting {
+			testbed.MustIn(b, h, "ethtool", "-K", "ul0", "tso", "off", "gso", "off", "tx-udp_tnl-segmentation", "off", "tx", "off")
+		}
 		testbed.Must(b, "ip", "-n", h, "link", "add", "two-vx", "type", "vxlan", "id", "42",
 			"local", underlayIP(i+1), "remote", underlayIP(other), "dstport", "4789", "dev", "ul0")
 		testbed.Must(b, "ip", "-n", h, "addr", "add", fmt.Sprintf("10.98.0.%d/24", i+1), "dev", "two-vx")
@@ -54,7 +63,7 @@ func BenchmarkDatapath(b *testing.B) {
 	testbed.Start(b, hostNS(2), filepath.Join(tp.dir, "iperf-h2.log"), nil, "iperf3", "-s", "-B", underlayIP(2))
 	testbed.Start(b, containerNS(2), filepath.Join(tp.dir, "iperf-c2.log"), nil, "iperf3", "-s", "-B", containerIP(2))
 
-	modes := []string{"underlay", "vxlan", "plain", "offload", "busy", "wireguard"}
+	modes := []string{"underlay", "vxlan", "plain", "offload", "busy", "wireguard", "kernel"}
 	if m := os.Getenv("TWILL_BENCH_MODES"); m != "" {
 		modes = strings.Split(m, ",") // must include vxlan for the ratios
 	}
@@ -69,7 +78,7 @@ func BenchmarkDatapath(b *testing.B) {
 			}
 		}
 	}
-	table := benchTable(modes, res, rounds, secs)
+	table := benchTable(modes, res, rounds, secs, segmenting)
 	fmt.Print(table)
 	if out := os.Getenv("TWILL_BENCH_OUT"); out != "" {
 		if err := os.WriteFile(out, []byte(table), 0o644); err != nil {
@@ -80,6 +89,10 @@ func BenchmarkDatapath(b *testing.B) {
 	if v1 > 0 && v4 > 0 {
 		b.ReportMetric(median(res["offload"].p1)/v1, "xVXLAN-P1")
 		b.ReportMetric(median(res["offload"].p4)/v4, "xVXLAN-P4")
+		if k := res["kernel"]; k != nil {
+			b.ReportMetric(median(k.p1)/v1, "kernel-xVXLAN-P1")
+			b.ReportMetric(median(k.p4)/v4, "kernel-xVXLAN-P4")
+		}
 	}
 }
 
@@ -136,8 +149,12 @@ func (tp *testTopo) benchRound(b *testing.B, mode string, secs int, r *benchResu
 		tp.setContainerMTU(2, mtu)
 		fwds = append(fwds, tp.startForwarder(1, OffloadAuto, 2), tp.startForwarder(2, OffloadAuto, 1))
 		r.path = fwds[0].path
-	case "plain", "offload", "offload1p", "busy":
-		off := map[string]string{"plain": OffloadOff, "offload": OffloadAuto, "offload1p": OffloadAuto, "busy": OffloadAuto}[mode]
+	case "plain", "offload", "offload1p", "busy", "kernel":
+		off := map[string]string{"plain": OffloadOff, "offload": OffloadAuto, "offload1p": OffloadAuto, "busy": OffloadAuto, "kernel": OffloadAuto}[mode]
+		if mode == "kernel" {
+			tp.kern = true
+			defer func() { tp.kern = false }()
+		}
 		if mode == "busy" {
 			tp.busy = benchBusyPoll
 			defer func() { tp.busy = 0 }()
@@ -287,9 +304,12 @@ func median(v []float64) float64 {
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
-func benchTable(modes []string, res map[string]*benchResult, rounds, secs int) string {
+func benchTable(modes []string, res map[string]*benchResult, rounds, secs int, segmenting bool) string {
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "\ntwill datapath benchmark: 2 hosts, iperf3 TCP %ds container to container, medians of %d alternating rounds", secs, rounds)
+	if segmenting {
+		sb.WriteString(", underlay veths segmenting and checksumming (tso, gso, tunnel gso, tx off)")
+	}
 	if c := os.Getenv("TWILL_BENCH_PIN"); c != "" {
 		fmt.Fprintf(&sb, ", forwarders and ping pinned to CPU %s", c)
 	}
@@ -311,6 +331,7 @@ func benchTable(modes []string, res map[string]*benchResult, rounds, secs int) s
 			"busy":        fmt.Sprintf("twill fast, busy poll %v", benchBusyPoll),
 			"wireguard":   "twill encrypted (wireguard)",
 			"wireguard1p": "twill encrypted GOMAXPROCS=1",
+			"kernel":      "twill kernel path (eBPF)",
 		}[m]
 		cpu := "–"
 		if r.path != "" { // a forwarder mode

@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/twill-net/twill/datapath/kernel"
 	"github.com/twill-net/twill/datapath/wireguard"
 )
 
@@ -40,6 +41,14 @@ type helperFwdConfig struct {
 	// as twilld does): this private key, WGPeers subnet -> public key.
 	WGKey   string
 	WGPeers map[string]string
+	Kernel  bool // also attach the kernel datapath (datapath/kernel) on twill0 and ul0
+}
+
+// helperStats is what the forwarder helper writes when it stops: the TUN
+// path's Stats and, with Kernel, the kernel datapath's.
+type helperStats struct {
+	Stats
+	Kernel *kernel.Stats
 }
 
 func helperMain() bool {
@@ -55,6 +64,8 @@ func helperMain() bool {
 		err = helperSource(os.Getenv("TWO_DIAL"), os.Getenv("TWO_BYTES"), os.Getenv("TWO_OUT"))
 	case "udpsink":
 		err = helperUDPSink(os.Getenv("TWO_LISTEN"), os.Getenv("TWO_OUT"))
+	case "udpoptions":
+		err = helperUDPOptions(os.Getenv("TWO_TO"))
 	case "udpsend":
 		err = helperUDPSend(os.Getenv("TWO_FROM"), os.Getenv("TWO_TO"), os.Getenv("TWO_PACKETS"))
 	default:
@@ -85,15 +96,35 @@ func helperForwarder() error {
 		f.Close()
 		return err
 	}
+	var kdp *kernel.Datapath
+	if c.Kernel {
+		kdp, err = kernel.Open(kernel.Config{TUN: "twill0", Underlay: "ul0", LocalIP: netip.MustParseAddr(c.Public), Port: 8285, MTU: c.MTU, Logger: log})
+		if err == nil {
+			err = kdp.AddOverlay(netip.MustParsePrefix(c.Overlay), netip.MustParsePrefix(c.Local))
+		}
+		if err != nil {
+			f.Close()
+			return err
+		}
+		defer kdp.Close()
+	}
 	for s, a := range c.Peers {
-		if err := f.SetPeer(netip.MustParsePrefix(s), netip.MustParseAddrPort(a)); err != nil {
+		err := f.SetPeer(netip.MustParsePrefix(s), netip.MustParseAddrPort(a))
+		if err == nil && kdp != nil {
+			err = kdp.SetPeer(netip.MustParsePrefix(s), netip.MustParseAddrPort(a))
+		}
+		if err != nil {
 			f.Close()
 			return err
 		}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if err := os.WriteFile(c.Ready, []byte(f.Path()), 0o644); err != nil {
+	path := f.Path()
+	if kdp != nil {
+		path = "kernel+" + path
+	}
+	if err := os.WriteFile(c.Ready, []byte(path), 0o644); err != nil {
 		f.Close()
 		return err
 	}
@@ -105,7 +136,15 @@ func helperForwarder() error {
 		}
 	}
 	runErr := f.Run(ctx)
-	b, err := json.MarshalIndent(f.Stats(), "", " ")
+	hs := helperStats{Stats: f.Stats()}
+	if kdp != nil {
+		ks, err := kdp.Stats()
+		if err != nil {
+			return err
+		}
+		hs.Kernel = &ks
+	}
+	b, err := json.MarshalIndent(hs, "", " ")
 	if err != nil {
 		return err
 	}
@@ -236,6 +275,31 @@ func helperUDPSink(listen, out string) error {
 		}
 		fmt.Fprintf(f, "%s %q\n", from, buf[:n])
 	}
+}
+
+// helperUDPOptions sends one datagram "with options" to to, its IPv4
+// header carrying options (four NOPs).
+func helperUDPOptions(to string) error {
+	c, err := net.Dial("udp4", to)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	rc, err := c.(*net.UDPConn).SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = syscall.SetsockoptString(int(fd), syscall.IPPROTO_IP, syscall.IP_OPTIONS, "\x01\x01\x01\x01")
+	}); err != nil {
+		return err
+	}
+	if serr != nil {
+		return fmt.Errorf("setting IP_OPTIONS: %w", serr)
+	}
+	_, err = c.Write([]byte("with options"))
+	return err
 }
 
 // helperUDPSend sends each hex-encoded packet of packets (JSON list) as

@@ -116,12 +116,17 @@ func cpuPercent(fwds []*testFwd, fn func()) float64 {
 func TestKernelHostile(t *testing.T) {
 	requireKernel(t)
 	for _, mode := range []string{OffloadAuto, OffloadOff} {
-		t.Run(mode, func(t *testing.T) { testHostile(t, mode) })
+		t.Run(mode, func(t *testing.T) { testHostile(t, mode, false) })
 	}
+	// With the kernel datapath the programs drop and count the forged
+	// datagrams; the oversize one (IP-fragmented on the underlay) is left
+	// to the TUN path, which drops it as before.
+	t.Run("kernel", func(t *testing.T) { testHostile(t, OffloadAuto, true) })
 }
 
-func testHostile(t *testing.T, mode string) {
+func testHostile(t *testing.T, mode string, kern bool) {
 	tp := newTopo(t, 3) // host 3 runs no forwarder and holds no lease
+	tp.kern = kern
 	f1 := tp.startForwarder(1, mode, 2)
 	sinkOut := filepath.Join(tp.dir, "udpsink")
 	sink := testbed.Start(t, containerNS(1), sinkOut+".log",
@@ -180,13 +185,29 @@ func testHostile(t *testing.T, mode string) {
 	want := map[string]uint64{
 		DropUnknownPeer: 3, DropSpoofedSource: 3, DropWrongDestination: 1, DropTruncated: 1, DropNotIPv4: 1, DropOversize: 1,
 	}
+	in := s.PacketsIn
+	if kern {
+		k := f1.kernel
+		for r, n := range want {
+			if r != DropOversize && k.Drops[r] != n {
+				t.Errorf("kernel drops %s = %d, want %d (all %v)", r, k.Drops[r], n, k.Drops)
+			}
+			s.Drops[r] += k.Drops[r]
+		}
+		if k.PassedIn == 0 {
+			t.Errorf("kernel passed nothing to the TUN path (the oversize datagram's fragments)")
+		}
+		for _, p := range k.Peers {
+			in += p.PacketsIn
+		}
+	}
 	for r, n := range want {
 		if s.Drops[r] != n {
 			t.Errorf("drops %s = %d, want %d (all %v)", r, s.Drops[r], n, s.Drops)
 		}
 	}
-	if s.PacketsIn != 1 {
-		t.Errorf("packets in %d, want 1", s.PacketsIn)
+	if in != 1 {
+		t.Errorf("packets in %d, want 1", in)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -13,13 +14,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twill-net/twill/datapath/kernel"
 	"github.com/twill-net/twill/datapath/wireguard"
 	"github.com/twill-net/twill/internal/testbed"
 )
 
-// Root test topology, every name with the prefix "two": an underlay
-// bridge in namespace twou, hosts twoh<i> (ul0 = 10.199.0.<i>/24, lease
-// 10.96.<i>.0/24), and behind each host a "container" namespace twoc<i>
+// Root test topology, every namespace named with nsPrefix (P below): an
+// underlay bridge in namespace Pu, hosts Ph<i> (ul0 = 10.199.0.<i>/24, lease
+// 10.96.<i>.0/24), and behind each host a "container" namespace Pc<i>
 // (two-e0 = 10.96.<i>.2/24) joined by veth two-v<i> (10.96.<i>.1/24).
 const (
 	testOverlay = "10.96.0.0/16"
@@ -35,12 +37,14 @@ type testTopo struct {
 	hosts []string
 	busy  time.Duration // Config.BusyPoll of the forwarders started next
 	wg    []string      // when set, the forwarders started next run WireGuard with these private keys (host i: wg[i-1])
+	kern  bool          // the forwarders started next also attach the kernel datapath
 }
 
 type testFwd struct {
-	proc  *testbed.Proc
-	stats string
-	path  string
+	proc   *testbed.Proc
+	stats  string
+	path   string
+	kernel *kernel.Stats // after stop, when the kernel datapath ran
 }
 
 func requireKernel(t testing.TB) {
@@ -51,8 +55,19 @@ func requireKernel(t testing.TB) {
 	}
 }
 
-func hostNS(i int) string      { return fmt.Sprintf("twoh%d", i) }
-func containerNS(i int) string { return fmt.Sprintf("twoc%d", i) }
+// nsPrefix is "tw" and three random letters, fixed per test process: two
+// runs of these tests on a shared machine never use (or clean up) each
+// other's namespaces.
+var nsPrefix = func() string {
+	b := []byte("tw")
+	for range 3 {
+		b = append(b, byte('a'+rand.IntN(26)))
+	}
+	return string(b)
+}()
+
+func hostNS(i int) string      { return fmt.Sprintf("%sh%d", nsPrefix, i) }
+func containerNS(i int) string { return fmt.Sprintf("%sc%d", nsPrefix, i) }
 func underlayIP(i int) string  { return fmt.Sprintf("10.199.0.%d", i) }
 func leaseOf(i int) string     { return fmt.Sprintf("10.96.%d.0/24", i) }
 func containerIP(i int) string { return fmt.Sprintf("10.96.%d.2", i) }
@@ -61,7 +76,7 @@ func containerIP(i int) string { return fmt.Sprintf("10.96.%d.2", i) }
 func newTopo(t testing.TB, n int) *testTopo {
 	t.Helper()
 	requireKernel(t)
-	bed := testbed.New(t, "two", netip.MustParsePrefix("10.199.0.0/24"))
+	bed := testbed.New(t, nsPrefix, netip.MustParsePrefix("10.199.0.0/24"))
 	tp := &testTopo{t: t, bed: bed, n: n, dir: t.TempDir(), fwds: map[int]*testFwd{}}
 	for i := 1; i <= n; i++ {
 		h := bed.AddHost(fmt.Sprintf("h%d", i), i, 0)
@@ -92,7 +107,7 @@ func (tp *testTopo) startForwarder(i int, offload string, peers ...int) *testFwd
 	t := tp.t
 	t.Helper()
 	c := helperFwdConfig{
-		MTU: testMTU, Public: underlayIP(i), Offload: offload, Busy: tp.busy,
+		MTU: testMTU, Public: underlayIP(i), Offload: offload, Busy: tp.busy, Kernel: tp.kern,
 		Overlay: testOverlay, Local: leaseOf(i), Peers: map[string]string{},
 		Ready: filepath.Join(tp.dir, fmt.Sprintf("fwd%d-%d.ready", i, time.Now().UnixNano())),
 		Stats: filepath.Join(tp.dir, fmt.Sprintf("fwd%d-%d.json", i, time.Now().UnixNano())),
@@ -150,7 +165,7 @@ func (f *testFwd) stop(t testing.TB) Stats {
 		f.proc.Signal(syscall.SIGQUIT)
 		t.Fatalf("forwarder did not stop within 10s; log: %s", f.proc.Tail(20000))
 	}
-	var s Stats
+	var s helperStats
 	b, err := os.ReadFile(f.stats)
 	if err != nil {
 		t.Fatalf("forwarder stats: %v; log: %s", err, f.proc.Tail(2000))
@@ -158,7 +173,8 @@ func (f *testFwd) stop(t testing.TB) Stats {
 	if err := json.Unmarshal(b, &s); err != nil {
 		t.Fatal(err)
 	}
-	return s
+	f.kernel = s.Kernel
+	return s.Stats
 }
 
 func (tp *testTopo) stopAll() map[int]Stats {

@@ -23,6 +23,7 @@ type Status struct {
 	Port         int            `json:"port"`
 	Underlay     string         `json:"underlay"`
 	MTU          int            `json:"mtu"`
+	Datapath     string         `json:"datapath"` // "kernel (…)" or "tun (why)"
 	Offload      string         `json:"offload"`
 	BusyPoll     string         `json:"busy_poll"` // "off", or the window and the spells so far
 	Etcd         string         `json:"etcd"`

@@ -28,6 +28,7 @@ func TestDependenciesPointOneWay(t *testing.T) {
 		{"datapath/overlay", []string{"go.etcd.io/etcd", "github.com/docker/go-plugins-helpers", module + "driver", module + "ipam", module + "plugin", module + "internal/subnet", module + "cmd"}},
 		{"datapath/wireguard", []string{"go.etcd.io/etcd", "github.com/docker/go-plugins-helpers", module + "driver", module + "ipam", module + "plugin", module + "internal/subnet", module + "cmd"}},
 		{"datapath/links", []string{"go.etcd.io/etcd", "github.com/docker/go-plugins-helpers", module + "driver", module + "ipam", module + "plugin", module + "internal/subnet"}},
+		{"datapath/kernel", []string{"go.etcd.io/etcd", "github.com/docker/go-plugins-helpers", module + "driver", module + "ipam", module + "plugin", module + "internal/subnet", module + "cmd", module + "datapath/overlay"}},
 		{"datapath/firewall", []string{"go.etcd.io/etcd", "github.com/docker/go-plugins-helpers", module + "driver", module + "ipam", module + "plugin", module + "internal/subnet"}},
 		{"plugin", []string{"github.com/vishvananda/netlink", "go.etcd.io/etcd", module + "datapath", module + "internal/subnet", module + "cmd"}},
 		// names: records, resolver and the Docker watcher; the address it
