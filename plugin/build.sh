@@ -61,21 +61,6 @@ install -m 0755 "$TWILLD_BIN" "$RFS/twilld"
 install -m 0755 "$TWILLCTL_BIN" "$RFS/twillctl"
 ln -s ../twillctl "$RFS/bin/twillctl"
 
-# copy_with_libs FILE...: copies each file to the same path in the rootfs, with
-# every shared library ldd names for it (and the files those point to).
-copy_with_libs() {
-	local f lib
-	for f in "$@"; do
-		mkdir -p "$RFS$(dirname "$f")"
-		cp -L "$f" "$RFS$f"
-		for lib in $(ldd "$f" 2>/dev/null | grep -o '/[^ ]*' || true); do
-			[ -e "$RFS$lib" ] && continue
-			mkdir -p "$RFS$(dirname "$lib")"
-			cp -L "$lib" "$RFS$lib"
-		done
-	done
-}
-
 # iptables: both variants (the firewall runs the one holding the host's rules,
 # as dockerd's; iptables-nft-save / iptables-legacy-save decide), and the plain
 # names pointing at the host's default variant.
@@ -88,7 +73,7 @@ mkdir -p "$RFS/usr/sbin"
 for v in nft legacy; do
 	bin=$(dirname "$multi")/xtables-$v-multi
 	[ -x "$bin" ] || { [ $v = legacy ] && continue; die "$bin is missing"; }
-	copy_with_libs "$bin"
+	copy_with_libs "$RFS" "$bin"
 	[ "$(dirname "$bin")" = /usr/sbin ] || ln -sf "$bin" "$RFS/usr/sbin/xtables-$v-multi"
 	for t in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore; do
 		ln -sf "xtables-$v-multi" "$RFS/usr/sbin/${t/tables/tables-$v}"
@@ -102,7 +87,7 @@ done
 # (at the path compiled into libxtables, which is under /usr even on merged-usr)
 xtdir=$(ls -d /usr/lib/*/xtables /usr/lib64/xtables /usr/lib/xtables 2>/dev/null | head -1 || true)
 [ -n "$xtdir" ] || die "iptables extensions directory not found"
-copy_with_libs "$xtdir"/*.so
+copy_with_libs "$RFS" "$xtdir"/*.so
 for f in /etc/protocols /etc/services /etc/ethertypes; do [ -e "$f" ] && cp "$f" "$RFS$f"; done
 printf 'root:x:0:0:root:/:/bin/sh\n' >"$RFS/etc/passwd"
 printf 'root:x:0:\n' >"$RFS/etc/group"

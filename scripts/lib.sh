@@ -66,4 +66,21 @@ testbed_lock() {
 	fi
 }
 
+# copy_with_libs ROOTFS FILE...: copies each file to the same path under ROOTFS,
+# with every shared library ldd names for it (the files the links point to), so
+# the file runs in a container or managed plugin made from ROOTFS.
+copy_with_libs() {
+	local rfs=$1 f lib
+	shift
+	for f in "$@"; do
+		mkdir -p "$rfs$(dirname "$f")"
+		cp -L "$f" "$rfs$f"
+		for lib in $(ldd "$f" 2>/dev/null | grep -o '/[^ ]*' || true); do
+			[ -e "$rfs$lib" ] && continue
+			mkdir -p "$rfs$(dirname "$lib")"
+			cp -L "$lib" "$rfs$lib"
+		done
+	done
+}
+
 need_root() { [ "$(id -u)" = 0 ] || die "$1 needs root (network namespaces, dockerd)"; }
