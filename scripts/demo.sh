@@ -38,7 +38,10 @@ up() {
 		TWILLD_BIN=$ROOT/bin/twilld TWILLCTL_BIN=$ROOT/bin/twillctl plugin/build.sh --bundle-only >/dev/null
 	fi
 	say "4/6 three Docker hosts, etcd, registry; twill installed from the registry"
-	bash $TB up
+	# 9>&-: the daemons testbed.sh starts must not inherit the lock's fd, or they
+	# would hold /run/twe.lock until demo-down and `flock /run/twe.lock make
+	# demo-down` (or an e2e run waiting for the lock) would wait forever.
+	bash $TB up 9>&-
 	say "5/6 network '$NET' and two containers on every host"
 	local n
 	for n in $(seq 1 $HOSTS); do
