@@ -118,9 +118,13 @@ func command(ctx context.Context, c *control.Client, cmd string, asJSON bool, w 
 		if asJSON {
 			enc := json.NewEncoder(w)
 			enc.SetIndent("", "  ")
-			return enc.Encode(fs)
+			if err := enc.Encode(fs); err != nil {
+				return err
+			}
+		} else {
+			printFindings(w, fs)
 		}
-		printFindings(w, fs)
+		// Scripts read the exit status: a problem fails either form.
 		for _, f := range fs {
 			if !f.OK {
 				return errProblems

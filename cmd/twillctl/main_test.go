@@ -234,3 +234,15 @@ func TestBadArguments(t *testing.T) {
 		}
 	}
 }
+
+// TestDoctorExitStatus: a problem fails the table and the --json form alike,
+// since scripts read the exit status, not the output.
+func TestDoctorExitStatus(t *testing.T) {
+	none := filepath.Join(t.TempDir(), "none.sock") // no daemon: the twilld check fails, no traffic leaves
+	for _, args := range [][]string{{"--socket", none, "doctor"}, {"--socket", none, "doctor", "--json"}} {
+		var out, errb bytes.Buffer
+		if rc := run(args, &out, &errb); rc == 0 {
+			t.Errorf("%q: rc 0 although twilld is not running; output %s", args, out.String())
+		}
+	}
+}
