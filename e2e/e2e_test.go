@@ -43,6 +43,7 @@ func TestTwill(t *testing.T) {
 		{"HostsReachRemoteContainers", (*scenario).hostsReach, false},
 		{"Bulk50MB", (*scenario).bulk, false},
 		{"SecondNetworkIsolated", (*scenario).isolation, false},
+		{"EncryptedNetwork", (*scenario).encrypted, false},
 		{"IPOutsideHostSubnetRefused", (*scenario).ipOutside, false},
 		{"PublishPort", (*scenario).publish, false},
 		{"Compose", (*scenario).compose, false},
