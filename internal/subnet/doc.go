@@ -35,6 +35,14 @@
 //     "unchanged" and does not report.
 //   - A lease a flanneld on another backend wrote for this host's public IP
 //     is taken over (rewritten as a udp lease on a grant of ours).
+//   - Backends: the lease value carries what Options.Backend says for the
+//     overlay's config (nothing for udp; for flannel's wireguard backend
+//     BackendType "wireguard" and BackendData {"PublicKey":…}), so a
+//     changed key rewrites the lease at the next start (take-over path).
+//     SetBackend changes an overlay's config backend only while this host
+//     is its only member (one transaction: config + own lease, guarded by
+//     the config's revision and by every lease key's create revision being
+//     ours); otherwise ErrBackendInUse.
 //   - Events: Added is add-or-update, Removed is gone; this host's own lease
 //     comes with Own set. Subscribe starts with the current state.
 package subnet
