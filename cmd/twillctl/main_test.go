@@ -27,7 +27,9 @@ type fakeSource struct {
 func (f *fakeSource) Status(ctx context.Context) (control.Status, error) {
 	return control.Status{Hostname: "node-a", PublicIP: "10.0.0.1", Port: 8285, Underlay: "eth0", MTU: 1472,
 		Datapath: "kernel (eBPF on twill0 and eth0; the TUN path takes what the programs leave)", Offload: "offload", BusyPoll: "50ms, 12 spells", Etcd: "http://10.0.0.5:2379", EtcdHealthy: true, UptimeSecond: 3725,
-		Overlays: []control.OverlayLease{{Network: "10.96.0.0/16", Subnet: "10.96.7.0/24", Default: true, Expiry: f.exp}}}, nil
+		Overlays: []control.OverlayLease{{Network: "10.96.0.0/16", Subnet: "10.96.7.0/24", Default: true, Expiry: f.exp},
+			{Network: "10.98.0.0/16", Subnet: "10.98.3.0/24", Expiry: f.exp,
+				Encrypted: "wireguard on twg0a620000, UDP 51820, public key hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo="}}}, nil
 }
 
 func (f *fakeSource) Leases(ctx context.Context) ([]control.Lease, error) {

@@ -34,6 +34,9 @@ func printStatus(w io.Writer, s *control.Status) {
 			def = " (default)"
 		}
 		fmt.Fprintf(t, "overlay %s%s\tsubnet %s, lease expires in %s\n", o.Network, def, o.Subnet, until(o.Expiry))
+		if o.Encrypted != "" {
+			fmt.Fprintf(t, "\tencrypted: %s\n", o.Encrypted)
+		}
 	}
 	t.Flush()
 }

@@ -99,6 +99,18 @@ func (e *encrypted) freePort() int {
 	return p
 }
 
+// describe says how overlay is encrypted ("" when it is not), for
+// twillctl status.
+func (e *encrypted) describe(overlay netip.Prefix) string {
+	e.mu.Lock()
+	d := e.devs[overlay]
+	e.mu.Unlock()
+	if d == nil {
+		return ""
+	}
+	return fmt.Sprintf("wireguard on %s, UDP %d, public key %s", d.Name(), d.Stats().ListenPort, d.PublicKey())
+}
+
 // leave closes the overlay's device (this host lost or released its lease).
 func (e *encrypted) leave(overlay netip.Prefix) {
 	e.mu.Lock()

@@ -114,6 +114,12 @@ func TestEncryptedOverlayAcrossHosts(t *testing.T) {
 			if keys[n] != priv.Public() {
 				t.Errorf("h%d's lease carries %s, its key file's public key is %s", n, keys[n], priv.Public())
 			}
+			for _, o := range c.status(h).Overlays {
+				enc := o.Network == greenOverlay
+				if want := "wireguard on twg0a610000, UDP 51820, public key " + priv.Public().String(); enc && o.Encrypted != want || !enc && o.Encrypted != "" {
+					t.Errorf("h%d status for %s: encrypted %q", n, o.Network, o.Encrypted)
+				}
+			}
 			if !subs[n].Contains(ctrs[n].Addr.Addr()) {
 				t.Errorf("h%d's container %s is outside its subnet %s", n, ctrs[n].Addr, subs[n])
 			}

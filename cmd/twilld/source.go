@@ -44,7 +44,8 @@ func (n *node) Status(ctx context.Context) (control.Status, error) {
 	}
 	def := n.leases.Default()
 	for _, l := range n.leases.Leases() {
-		s.Overlays = append(s.Overlays, control.OverlayLease{Network: l.Overlay.String(), Subnet: l.Subnet.String(), Expiry: l.Expiration, Default: l.Overlay == def})
+		s.Overlays = append(s.Overlays, control.OverlayLease{Network: l.Overlay.String(), Subnet: l.Subnet.String(), Expiry: l.Expiration, Default: l.Overlay == def,
+			Encrypted: n.enc.describe(l.Overlay)})
 	}
 	return s, nil
 }

@@ -40,6 +40,9 @@ type OverlayLease struct {
 	Subnet  string    `json:"subnet"`
 	Expiry  time.Time `json:"expiry"`
 	Default bool      `json:"default"`
+	// Encrypted overlays name their WireGuard device, listen port and this
+	// host's public key.
+	Encrypted string `json:"encrypted,omitempty"`
 }
 
 // Lease is one host's lease as etcd holds it.
