@@ -65,7 +65,7 @@ var settings = []setting{
 	{"TWILL_MTU", "mtu", "", "TUN, bridge and veth MTU; empty = underlay MTU - 28"},
 	{"TWILL_OFFLOAD", "offload", "auto", "datapath offloads: auto (TSO/GRO + UDP GSO/GRO when the kernel has them) or off"},
 	{"TWILL_BUSY_POLL", "busy-poll", "0", "after sparse traffic, poll without sleeping until nothing came for this long (e.g. 50ms): lower latency for one CPU kept busy meanwhile; 0 = off"},
-	{"TWILL_DATAPATH", "datapath", "tun", "auto (the kernel path when the kernel, the privileges and the underlay allow it), kernel (eBPF programs forward in the kernel; fail if they cannot) or tun (twilld forwards through twill0)"},
+	{"TWILL_DATAPATH", "datapath", "auto", "auto (the kernel path when the kernel, the privileges and the underlay allow it), kernel (eBPF programs forward in the kernel; fail if they cannot) or tun (twilld forwards through twill0)"},
 	{"TWILL_STATE_DIR", "state-dir", "/var/lib/twill", "persisted state (allocations, endpoints, embedded etcd)"},
 	{"TWILL_SUBNET_ENV", "subnet-env", "/run/flannel/subnet.env", "where to write flannel's subnet.env; empty = do not write"},
 	{"TWILL_CONTROL_SOCKET", "control-socket", "", "twillctl's socket; empty = <state-dir>/twill-ctl.sock"},

@@ -66,6 +66,9 @@ func Unsuitable(underlay string) string {
 	if err != nil {
 		return fmt.Sprintf("underlay %s: %v", underlay, err)
 	}
+	if t := l.Attrs().EncapType; t != "ether" {
+		return fmt.Sprintf("underlay %s is not Ethernet (%s): the programs read and write Ethernet frames there", underlay, t)
+	}
 	partial, err := handsOnPartial(l)
 	if err != nil {
 		return err.Error()
