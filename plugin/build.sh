@@ -12,7 +12,9 @@
 # Capabilities in config.json, each proven by trying without it: CAP_NET_ADMIN
 # (TUN twill0, links, routes, iptables-nft: EPERM without it) and CAP_NET_RAW
 # (iptables-legacy opens a raw socket: "Permission denied (you must be root)"
-# without it; needed on hosts whose dockerd uses the legacy backend).
+# without it; needed on hosts whose dockerd uses the legacy backend), and
+# CAP_BPF (the kernel datapath's programs and maps, with CAP_NET_ADMIN to
+# attach them: datapath/kernel's TestCapabilities opens it without each).
 # CAP_SYS_ADMIN and CAP_SYS_MODULE are not needed.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
