@@ -30,6 +30,7 @@ const (
 const (
 	optGeneric    = "com.docker.network.generic"
 	optIPv6       = "com.docker.network.enable_ipv6"
+	optIPv4       = "com.docker.network.enable_ipv4" // Docker 28+
 	optInternal   = "com.docker.network.internal"
 	optMTU        = "com.docker.network.driver.mtu"
 	optBackend    = "twill.backend" // -o twill.backend=wireguard: an encrypted overlay

@@ -154,6 +154,8 @@ func TestCreateNetworkRefusals(t *testing.T) {
 			[]string{"10.96.7.0/24", "5c87f637", "another --subnet"}},
 		{"ipv6", `{"NetworkID":"` + other + `","Options":{"com.docker.network.enable_ipv6":true},"IPv4Data":[{"AddressSpace":"twill-local","Gateway":"10.97.3.1/24","Pool":"10.97.3.0/24"}],"IPv6Data":[{"AddressSpace":"twill-local","Pool":"fd00::/64","Gateway":"fd00::1/64"}]}`, nil,
 			[]string{"IPv6", "--ipv6"}},
+		{"ipv4 disabled", `{"NetworkID":"` + other + `","Options":{"com.docker.network.enable_ipv4":false,"com.docker.network.enable_ipv6":false},"IPv4Data":[],"IPv6Data":[]}`, nil,
+			[]string{"IPv4", "--ipv4=false"}},
 		{"bridge name clash", createNetworkJSON("5c87f637ffff", "10.97.3.0/24", "10.97.3.1/24", "twill-local", ""), ErrNameClash,
 			[]string{"tw-5c87f637"}},
 	}

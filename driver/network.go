@@ -102,6 +102,10 @@ func (d *Driver) parseNetwork(ctx context.Context, req *netapi.CreateNetworkRequ
 	if len(req.IPv6Data) > 0 || req.Options[optIPv6] == true {
 		return nil, fmt.Errorf("network %s: twill does not support IPv6 yet: create the network without --ipv6", id)
 	}
+	// Docker 28+ sends enable_ipv4=false (and no IPv4Data) for --ipv4=false.
+	if req.Options[optIPv4] == false {
+		return nil, fmt.Errorf("network %s: twill networks are IPv4 (twill has no IPv6 yet): create the network without --ipv4=false", id)
+	}
 	useTwill := fmt.Sprintf("create it with -d %s --ipam-driver %s", d.cfg.PluginName, d.cfg.PluginName)
 	if len(req.IPv4Data) == 0 || req.IPv4Data[0] == nil {
 		return nil, fmt.Errorf("network %s has no IPv4 pool: %w: %s", id, ErrNotTwillIPAM, useTwill)

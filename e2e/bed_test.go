@@ -124,6 +124,10 @@ func (h host) ns() string     { return fmt.Sprintf("twe-h%d", h.n) }
 func (h host) ip() string     { return fmt.Sprintf("10.199.0.%d", h.n) }
 func (h host) dir() string    { return filepath.Join(stateDir, fmt.Sprintf("h%d", h.n)) }
 
+// engine is the Docker engine the testbed runs (scripts/lib.sh use_engine):
+// "debian" (Debian's docker.io 20.10) or "current" (scripts/engine.sh).
+func engine() string { return envOr("TWILL_ENGINE", "debian") }
+
 func dockerBin() string {
 	if d := os.Getenv("DOCKER"); d != "" {
 		return d

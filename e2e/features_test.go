@@ -94,13 +94,29 @@ func (s *scenario) publish(t *testing.T) {
 }
 
 // compose: examples/compose runs a web service on host 1 and a client on host 2
-// that fetches from it across the overlay.
+// that fetches from it across the overlay, once with each compose users run:
+// Debian's docker-compose 1.29 and the `docker compose` CLI plugin (Compose v5,
+// there when the current engine's CLI is in use, scripts/engine.sh).
 func (s *scenario) compose(t *testing.T) {
+	tools := map[string]string{"docker-compose-1.29": "docker-compose"}
+	if _, err := run(10*time.Second, dockerBin(), "compose", "version"); err == nil {
+		tools["docker-compose-plugin"] = dockerBin() + " compose"
+	} else if engine() == "current" {
+		t.Errorf("the current engine's CLI has no compose plugin (scripts/engine.sh builds it): %v", err)
+	}
 	if _, err := exec.LookPath("docker-compose"); err != nil {
 		t.Fatal("docker-compose is not installed (scripts/install-deps.sh installs it)")
 	}
+	for _, name := range []string{"docker-compose-1.29", "docker-compose-plugin"} {
+		if tools[name] != "" {
+			t.Run(name, func(t *testing.T) { composeWith(t, tools[name]) })
+		}
+	}
+}
+
+func composeWith(t *testing.T, compose string) {
 	runSh := filepath.Join(repoRoot, "examples", "compose", "run.sh")
-	env := append(os.Environ(),
+	env := append(os.Environ(), "COMPOSE="+compose, "DOCKER="+dockerBin(),
 		"DOCKER_HOST_WEB=unix:///run/twe-h1.sock", "DOCKER_HOST_CLIENT=unix:///run/twe-h2.sock",
 		"TWILL_NETWORK_NAME=blue", "IMAGE="+image, "COMPOSE_PROJECT_NAME=twe")
 	sh := func(arg string) (string, error) {
@@ -109,18 +125,24 @@ func (s *scenario) compose(t *testing.T) {
 		out, err := cmd.CombinedOutput()
 		return string(out), err
 	}
-	t.Cleanup(func() {
+	defer func() {
 		if out, err := sh("down"); err != nil {
 			t.Errorf("compose down: %v\n%s", err, out)
 		}
-	})
+	}()
 	out, err := sh("up")
 	if err != nil {
 		t.Fatalf("compose up: %v\n%s", err, out)
 	}
 	t.Logf("compose up:\n%s", out)
+	h2 := hosts()[1]
 	eventually(t, 30*time.Second, "client on host 2 fetched the page of web on host 1", func() error {
-		logs, err := hosts()[1].docker("logs", "twe_client_1")
+		// compose 1.29 names it twe_client_1, later ones twe-client-1
+		id, err := h2.docker("ps", "-q", "--filter", "label=com.docker.compose.project=twe", "--filter", "label=com.docker.compose.service=client")
+		if err != nil || id == "" {
+			return fmt.Errorf("no client container: %q %v", id, err)
+		}
+		logs, err := h2.docker("logs", id)
 		if err != nil {
 			return err
 		}

@@ -3,7 +3,11 @@
 # bundle from bin/twilld and bin/twillctl, then runs the Go tests in e2e/ with
 # TWILL_E2E=1; they bring up scripts/testbed.sh (3 Docker hosts, etcd, registry)
 # and take it down again. The testbed is removed on every exit, also on failure.
-# Env: TWILL_E2E_RUN (go test -run pattern), TWILL_E2E_KEEP=1 (leave the testbed up).
+# It runs once per Docker engine, one after the other: Debian's docker.io 20.10
+# and the current engine scripts/engine.sh builds from the Go module proxy
+# (built on first use, about 10 minutes); TWILL_ENGINE=debian or =current picks one.
+# Env: TWILL_E2E_RUN (go test -run pattern), TWILL_E2E_KEEP=1 (leave the testbed up),
+# TWILL_ENGINE (both when unset).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -11,7 +15,7 @@ cd "$ROOT"
 . scripts/lib.sh
 need_root "the e2e run"
 testbed_lock
-ensure_cmds ip nsenter dockerd containerd runc etcd etcdctl docker-registry busybox docker-compose iptables
+ensure_cmds ip nsenter dockerd containerd runc etcd etcdctl docker-registry busybox docker-compose iptables pkg-config
 command -v go >/dev/null || die "go is not installed"
 
 # TWILLD_BIN / TWILLCTL_BIN: test other binaries than bin/ (make e2e builds bin/ first)
@@ -30,6 +34,23 @@ if [ "${TWILL_E2E_KEEP:-}" != 1 ]; then
 fi
 bash scripts/testbed.sh down >/dev/null 2>&1 || true # leftovers of an earlier run
 
-say "go test ./e2e (3 hosts; about 3-5 minutes)"
-TWILL_E2E=1 go test -count=1 -v -timeout 12m ${TWILL_E2E_RUN:+-run "$TWILL_E2E_RUN"} ./e2e/
-say "e2e passed"
+engines=${TWILL_ENGINE:-debian current}
+for e in $engines; do
+	(use_engine "$e" >/dev/null) || die "engine $e is not usable"
+done
+summary=() failed=()
+for e in $engines; do
+	t0=$(date +%s)
+	say "go test ./e2e on engine $e (3 hosts; about 3-5 minutes)"
+	if (use_engine "$e" && say "engine $e: $(dockerd --version), CLI $("$DOCKER" --version)" &&
+		TWILL_E2E=1 go test -count=1 -v -timeout 15m ${TWILL_E2E_RUN:+-run "$TWILL_E2E_RUN"} ./e2e/); then
+		summary+=("$e: passed in $(($(date +%s) - t0)) s")
+	else
+		summary+=("$e: FAILED after $(($(date +%s) - t0)) s")
+		failed+=("$e")
+	fi
+	[ "${TWILL_E2E_KEEP:-}" = 1 ] || bash scripts/testbed.sh down >/dev/null 2>&1 || true
+done
+for l in "${summary[@]}"; do say "e2e $l"; done
+[ ${#failed[@]} -eq 0 ] || die "e2e failed on: ${failed[*]}"
+say "e2e passed on: $engines"

@@ -5,7 +5,9 @@ set -euo pipefail
 pkgs=(docker.io etcd-server etcd-client docker-registry busybox-static iperf3 docker-compose
       iptables iproute2 ethtool kmod procps psmisc ca-certificates
       gcc libc6-dev  # gcc: flanneld's udp backend is cgo (scripts/flanneld.sh, the interop test)
-      clang llvm libbpf-dev bpftool) # the kernel datapath's BPF object (scripts/bpf-check.sh); bpftool to inspect it
+      clang llvm libbpf-dev bpftool # the kernel datapath's BPF object (scripts/bpf-check.sh); bpftool to inspect it
+      libseccomp-dev pkg-config # runc of the current engine (scripts/engine.sh) is cgo with seccomp
+      nftables) # nft: the e2e's look at the current engine's nftables firewall backend
 need=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")

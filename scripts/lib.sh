@@ -11,9 +11,34 @@ say() {
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 # docker_bin picks the docker CLI that matches Debian's dockerd (20.10, API 1.41)
-# when it is installed, else whatever docker is on PATH.
+# when it is installed, else whatever docker is on PATH. use_engine sets DOCKER.
 docker_bin() {
 	if [ -n "${DOCKER:-}" ]; then echo "$DOCKER"; elif [ -x /usr/bin/docker ]; then echo /usr/bin/docker; else command -v docker; fi
+}
+
+# use_engine ENGINE makes the testbed's Docker that engine, for this script and
+# what it starts: `debian` is Debian's docker.io (dockerd 20.10, containerd 1.6,
+# runc 1.1) with its docker CLI; `current` is the engine scripts/engine.sh
+# builds from the Go module proxy (dockerd, containerd, runc first on PATH) with
+# a current docker CLI, which talks to both engines, and its `docker compose`
+# plugin (DOCKER_CONFIG points the CLI at it). Exports TWILL_ENGINE and DOCKER.
+use_engine() {
+	case $1 in
+	debian)
+		DOCKER=/usr/bin/docker
+		;;
+	current)
+		local bin
+		bin=$(bash "$(dirname "${BASH_SOURCE[0]}")/engine.sh") || die "building the current engine failed"
+		case ":$PATH:" in *":$bin:"*) ;; *) PATH=$bin:$PATH ;; esac
+		DOCKER=$bin/docker
+		export DOCKER_CONFIG=$bin/../docker-config
+		mkdir -p "$DOCKER_CONFIG"
+		ln -sfn ../bin/cli-plugins "$DOCKER_CONFIG/cli-plugins"
+		;;
+	*) die "TWILL_ENGINE=$1: want debian (Debian's docker.io 20.10) or current (built by scripts/engine.sh)" ;;
+	esac
+	export TWILL_ENGINE=$1 DOCKER PATH
 }
 
 # pkg_for maps a command to the Debian package that ships it.

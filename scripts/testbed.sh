@@ -21,7 +21,12 @@
 #   netns twe-reg:  twe0 10.199.0.251, docker-registry on :5000
 # Env: TWE_HOSTS (3), TWE_STATE (/var/lib/twe), TWE_BUNDLE (plugin bundle dir),
 # TWE_PLUGIN_SETTINGS (extra KEY=VALUE for `docker plugin install`),
-# TWE_LOGS (where `down` keeps the logs, /tmp/twe-logs).
+# TWE_LOGS (where `down` keeps the logs, /tmp/twe-logs),
+# TWILL_ENGINE (debian: Debian's docker.io 20.10, the default; current: the
+# engine scripts/engine.sh builds; `up` records it, later commands use that one).
+# A host's dockerd flags beyond the fixed ones are in $TWE_STATE/hN/dockerd.args
+# (one a line; default: --bridge=none --iptables=false --ip-masq=false
+# --userland-proxy=false), its daemon.json beside it; `restart N` applies both.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=lib.sh
@@ -40,6 +45,8 @@ ETCD_URL=http://$ETCD_IP:2379
 IMAGE=twe-busybox:latest
 PLUGIN_REF=$REG/twill:latest
 D=$(docker_bin 2>/dev/null || echo docker)
+ENGINE=$(cat "$STATE/engine" 2>/dev/null || echo "${TWILL_ENGINE:-debian}")
+engine() { use_engine "$ENGINE"; D=$DOCKER; }
 
 host_ns() { echo "twe-h$1"; }
 sock() { echo "unix:///run/twe-h$1.sock"; }
@@ -90,11 +97,14 @@ start_dockerd() {
 	holder=$(pidof_file "$dir/holder.pid")
 	alive "$holder" || die "host $n: mount-namespace holder is not running"
 	rm -f "/run/twe-h$n.sock" "/run/twe-h$n.pid"
+	[ -s "$dir/dockerd.args" ] || printf '%s\n' --bridge=none --iptables=false --ip-masq=false --userland-proxy=false >"$dir/dockerd.args"
+	local args
+	mapfile -t args <"$dir/dockerd.args"
+	echo "=== dockerd start ($ENGINE: $(command -v dockerd)) ${args[*]}" >>"$dir/dockerd.log"
 	nsenter --mount="/proc/$holder/ns/mnt" --net="/run/netns/twe-h$n" \
 		setsid dockerd --config-file "$dir/daemon.json" --data-root "$dir/data" \
 		--exec-root "/run/twe-h$n" -H "$(sock "$n")" --pidfile "/run/twe-h$n.pid" \
-		--bridge=none --iptables=false --ip-masq=false --userland-proxy=false \
-		--insecure-registry "$REG" --cgroup-parent "/twe-h$n" \
+		"${args[@]}" --insecure-registry "$REG" --cgroup-parent "/twe-h$n" \
 		>>"$dir/dockerd.log" 2>&1 </dev/null 9>&- &
 	echo $! >"$dir/dockerd.pid"
 }
@@ -136,8 +146,13 @@ build_image() {
 up() {
 	need_root "testbed"
 	ensure_cmds ip nsenter setsid dockerd containerd runc docker etcd etcdctl docker-registry busybox iptables
-	D=$(docker_bin)
-	if status >/dev/null 2>&1; then say "testbed already up"; return 0; fi
+	ENGINE=${TWILL_ENGINE:-$ENGINE}
+	engine
+	if status >/dev/null 2>&1; then
+		[ "$(cat "$STATE/engine" 2>/dev/null)" = "$ENGINE" ] && { say "testbed already up"; return 0; }
+		say "testbed is up on engine $(cat "$STATE/engine" 2>/dev/null), $ENGINE wanted: taking it down"
+		down
+	fi
 	if ip netns list | grep -q '^twe-' || [ -d "$STATE" ]; then say "partial testbed found: removing it first"; down; fi
 	# a new process, so that `set -e` holds everywhere inside and any failure cleans up
 	bash "$0" up-inner || { echo "testbed up failed: cleaning up" >&2; down; exit 1; }
@@ -149,6 +164,8 @@ up_inner() {
 	[ -f "$BUNDLE/config.json" ] || { say "no plugin bundle yet: building it"; "$ROOT/plugin/build.sh" --bundle-only >/dev/null; }
 	mkdir -p "$STATE"
 	echo "$HOSTS" >"$STATE/hosts"
+	echo "$ENGINE" >"$STATE/engine"
+	say "engine $ENGINE: $(dockerd --version) ($(command -v dockerd)); CLI $D"
 
 	say "underlay: netns twe-ul, bridge twe-br0 $NET.0/24"
 	ip netns add twe-ul
@@ -333,14 +350,14 @@ cmd=${1:-}
 shift || true
 case $cmd in
 up) up ;;
-up-inner) up_inner ;;
+up-inner) engine; up_inner ;;
 down) down ;;
-status) status ;;
-restart) stop_dockerd "$1"; start_dockerd "$1"; wait_dockerd "$1" ;;
+status) engine; echo "engine: $ENGINE"; status ;;
+restart) engine; stop_dockerd "$1"; start_dockerd "$1"; wait_dockerd "$1" ;;
 stop) stop_dockerd "$1" ;;
-start) start_dockerd "$1"; wait_dockerd "$1" ;;
-docker) n=$1; shift; dk "$n" "$@" ;;
+start) engine; start_dockerd "$1"; wait_dockerd "$1" ;;
+docker) engine; n=$1; shift; dk "$n" "$@" ;;
 exec) n=$1; shift; ip netns exec "twe-h$n" "$@" ;;
 etcdctl) ETCDCTL_API=3 ip netns exec twe-etcd etcdctl --endpoints "$ETCD_URL" "$@" ;;
-*) sed -n '2,26p' "$0"; exit 2 ;;
+*) sed -n '2,32p' "$0"; exit 2 ;;
 esac
