@@ -90,6 +90,12 @@ type Config struct {
 // Capabilities is the NetworkDriver.GetCapabilities answer: networks are
 // created on each host (local data scope) but connect containers across
 // hosts (global connectivity scope).
+//
+// GwAllocChecker (Docker 28+) is left out on purpose, so it reads false and
+// Docker never sends GwAllocCheck: every twill network needs its gateway
+// address (the host's /24's first address, on the network's bridge, the
+// containers' default route), and Docker asks twill's IPAM for it with a
+// gateway RequestAddress exactly as Docker 20.10 does.
 type Capabilities struct {
 	Scope             string
 	ConnectivityScope string

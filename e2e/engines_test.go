@@ -138,7 +138,8 @@ func (s *scenario) publishLiveRestore(t *testing.T) {
 	h1.configure(t, `{"live-restore": true}`, nil)
 	h1.reload(t, "live-restore on", live(true))
 	defer func() {
-		h1.configure(t, `{}`, nil)
+		// a reload changes only the keys the file has
+		h1.configure(t, `{"live-restore": false}`, nil)
 		h1.reload(t, "live-restore off", live(false))
 		h1.docker("rm", "-f", "h1-lr1", "h1-lr2", "h1-lr3")
 		h1.docker("network", "rm", "green")

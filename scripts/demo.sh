@@ -7,6 +7,8 @@
 # subnets, containers and addresses, a cross-host ping matrix and two iperf3
 # throughput figures (container to container, host to host), each labelled
 # with what it measured. Everything stays up until `make demo-down`.
+# TWILL_ENGINE=current runs the hosts on the current Docker Engine
+# (scripts/engine.sh builds it once); the default is Debian's docker.io 20.10.
 set -eEuo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -58,8 +60,8 @@ up() {
 	cat <<-EOF
 
 		The demo keeps running. Try:
-		  DOCKER_HOST=unix:///run/twe-h1.sock docker ps
-		  DOCKER_HOST=unix:///run/twe-h2.sock docker exec h2-a ping -c3 $(cip 1 h1-a)
+		  DOCKER_HOST=unix:///run/twe-h1.sock $DOCKER ps
+		  DOCKER_HOST=unix:///run/twe-h2.sock $DOCKER exec h2-a ping -c3 $(cip 1 h1-a)
 		  bin/twillctl --socket /var/lib/twe/h1/twill/twill-ctl.sock peers
 		  scripts/testbed.sh etcdctl get --prefix /coreos.com/network/subnets/
 		Remove it with: make demo-down
@@ -182,13 +184,16 @@ host_iperf3() {
 	iperf3_result <<<"$out" || echo "  iperf3 failed: $(tail -1 <<<"$out")"
 }
 
+# the engine `up` was given, or the one the running testbed has
+engine() { use_engine "${TWILL_ENGINE:-$(cat "${TWE_STATE:-/var/lib/twe}/engine" 2>/dev/null || echo debian)}"; }
 case ${1:-up} in
 up)
 	testbed_lock
+	engine
 	trap 'trap - ERR; echo "demo failed; what is up stays up for a look (scripts/testbed.sh status, logs in /var/lib/twe/hN/dockerd.log); make demo-down removes it" >&2' ERR
 	up
 	;;
-report) report ;;
+report) engine; report ;;
 down) need_root "demo-down"; bash $TB down ;;
 *) echo "usage: $0 up|report|down" >&2; exit 2 ;;
 esac

@@ -74,7 +74,7 @@ func checkForwarding() finding {
 		f.Detail = err.Error()
 	}
 	if !f.OK {
-		f.Fix = "sysctl -w net.ipv4.ip_forward=1 (twilld sets it at start; something turned it off)"
+		f.Fix = "sysctl -w net.ipv4.ip_forward=1 and keep it in /etc/sysctl.d, then restart twill (Docker sets it unless dockerd has --ip-forward=false or \"firewall-backend\": \"nftables\"; a twilld outside Docker sets it at start)"
 	}
 	return f
 }

@@ -3,6 +3,7 @@ package overlay
 import (
 	"fmt"
 	"os"
+	"time"
 )
 
 // Open creates the TUN (cfg.Name, default twill0) and the UDP socket on
@@ -37,17 +38,37 @@ func Open(cfg Config) (*Forwarder, error) {
 	return f, nil
 }
 
+// forwardingWait is how long Open waits for someone else to turn IPv4
+// forwarding on when it cannot itself.
+const forwardingWait = 20 * time.Second
+
 // enableForwarding turns on IPv4 forwarding unless it is on already. Inside a
-// managed Docker plugin /proc/sys is read-only; dockerd itself turns
-// forwarding on (unless started with --ip-forward=false), so reading first
-// avoids a write that would fail for nothing.
+// managed Docker plugin /proc/sys is read-only; dockerd turns forwarding on
+// itself, but only after it started its plugins (Docker 20.10 and 29 alike)
+// and not at all with --ip-forward=false or, in Docker 29, with
+// "firewall-backend": "nftables". So when the write fails it waits a while
+// for forwarding to come on, then fails saying what to do.
 func enableForwarding() error {
 	const path = "/proc/sys/net/ipv4/ip_forward"
-	if b, err := os.ReadFile(path); err == nil && len(b) > 0 && b[0] == '1' {
+	return enableForwardingWith(func() ([]byte, error) { return os.ReadFile(path) },
+		func() error { return os.WriteFile(path, []byte("1\n"), 0o644) }, forwardingWait)
+}
+
+func enableForwardingWith(read func() ([]byte, error), write func() error, wait time.Duration) error {
+	on := func() bool { b, err := read(); return err == nil && len(b) > 0 && b[0] == '1' }
+	if on() {
 		return nil
 	}
-	if err := os.WriteFile(path, []byte("1\n"), 0o644); err != nil {
-		return fmt.Errorf("enabling ipv4 forwarding: %w: set it on the host with `sysctl -w net.ipv4.ip_forward=1` (and in /etc/sysctl.conf)", err)
+	err := write()
+	if err == nil {
+		return nil
 	}
-	return nil
+	for deadline := time.Now().Add(wait); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if on() {
+			return nil
+		}
+	}
+	return fmt.Errorf("net.ipv4.ip_forward is 0 and twill cannot turn it on (%w); it stayed 0 for %s: "+
+		"set it on the host with `sysctl -w net.ipv4.ip_forward=1` (and in /etc/sysctl.d), then restart twill "+
+		"(Docker turns it on itself unless dockerd runs with --ip-forward=false or \"firewall-backend\": \"nftables\")", err, wait)
 }
