@@ -27,7 +27,9 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 MOBY_VERSION=${MOBY_VERSION:-v2.0.0-beta.24}
 CONTAINERD_VERSION=${CONTAINERD_VERSION:-v2.2.9}
 RUNC_VERSION=${RUNC_VERSION:-v1.4.4}
-CLI_VERSION=${CLI_VERSION:-v29.10.0}
+# docker/cli v29.9.3 and v29.10.0 pin github.com/moby/swarmkit/v2 v2.1.3, which
+# the proxy refuses (403); v29.9.2 pins v2.1.2, which it serves.
+CLI_VERSION=${CLI_VERSION:-v29.9.2}
 # compose v5.7.x needs a newer Go than the one twill builds with (1.26).
 COMPOSE_VERSION=${COMPOSE_VERSION:-v5.6.0}
 CACHE=${TWILL_ENGINE_CACHE:-/var/cache/twill-engine}
@@ -60,7 +62,7 @@ fi
 
 tmp=$(mktemp -d "$CACHE/.build.XXXXXX")
 trap 'chmod -R u+w "$tmp" 2>/dev/null; rm -rf "$tmp"' EXIT
-mkdir -p "$tmp/bin/cli-plugins"
+mkdir -p "$tmp/bin/cli-plugins" "$BIN/cli-plugins"
 t0=$(date +%s)
 
 # src copies module@version out of the module cache (read-only there) into a
@@ -75,11 +77,15 @@ src() {
 	echo "$tmp/src-${1//\//_}"
 }
 
-gobuild() { # dir out pkg [go build args...]
+# gobuild DIR OUT PKG [go build args...] builds PKG of the module copy in DIR
+# into $BIN/OUT; a tool built by an earlier, interrupted run is kept.
+gobuild() {
 	local dir=$1 out=$2 pkg=$3
 	shift 3
-	say "engine: go build $pkg"
+	[ -x "$BIN/$out" ] && return 0
+	say "engine: go build $pkg ($out)"
 	(cd "$dir" && GOFLAGS=-mod=mod GOWORK=off go build -trimpath -o "$tmp/bin/$out" "$@" "$pkg")
+	mv "$tmp/bin/$out" "$BIN/$out"
 }
 
 d=$(src "github.com/moby/moby/v2@$MOBY_VERSION")
@@ -109,9 +115,6 @@ d=$(src "github.com/docker/compose/v5@$COMPOSE_VERSION")
 CGO_ENABLED=0 gobuild "$d" cli-plugins/docker-compose ./cmd \
 	-ldflags "-s -w -X github.com/docker/compose/v5/internal.Version=$COMPOSE_VERSION"
 
-mkdir -p "$OUT"
-rm -rf "$BIN"
-mv "$tmp/bin" "$BIN"
-echo "$(($(date +%s) - t0))" >"$OUT/build-seconds"
-say "engine: built in $(cat "$OUT/build-seconds") s into $BIN"
+echo "$(($(date +%s) - t0))" >>"$OUT/build-seconds"
+say "engine: built in $(($(date +%s) - t0)) s into $BIN"
 echo "$BIN"
