@@ -216,15 +216,24 @@ func (s *scenario) firewallIptables(t *testing.T) {
 }
 
 // firewallNftables: host 2's dockerd with "firewall-backend": "nftables"
-// (Docker 29; it does not turn on ip_forward, twilld does). Containers reach
-// across hosts and ports publish. Host 2 keeps it for the later steps.
+// (Docker 29), started, as after a boot, with ip_forward off. With that
+// backend dockerd does not turn forwarding on, and twill, a managed plugin
+// (read-only /proc/sys), cannot: twill then fails with what to do, and
+// `twillctl doctor` says the same as a FIX line. Once forwarding is on and
+// the plugin restarted, containers reach across hosts and ports publish. Host
+// 2 keeps the backend for the later steps.
 func (s *scenario) firewallNftables(t *testing.T) {
 	if engine() != "current" {
 		t.Skip("Docker 20.10 has no nftables firewall backend")
 	}
 	h1, h2 := hosts()[0], hosts()[1]
 	h2.configure(t, `{"firewall-backend": "nftables"}`, []string{"--bridge=none", "--userland-proxy=false"})
-	s.restartHost(t, h2)
+	if _, err := h2.sh(5*time.Second, "sysctl", "-qw", "net.ipv4.ip_forward=0"); err != nil {
+		t.Fatal(err)
+	}
+	if err := script("restart", "2"); err != nil {
+		t.Fatal(err)
+	}
 	tables, err := h2.sh(10*time.Second, "nft", "list", "tables")
 	if err != nil {
 		t.Fatal(err)
@@ -232,6 +241,50 @@ func (s *scenario) firewallNftables(t *testing.T) {
 	t.Logf("host 2 nftables tables:\n%s", tables)
 	if !strings.Contains(tables, "docker") {
 		t.Errorf("dockerd made no nftables table: is the nftables backend on?")
+	}
+	fwd, _ := h2.sh(5*time.Second, "sysctl", "-n", "net.ipv4.ip_forward")
+	if fwd == "1" {
+		t.Logf("dockerd turned ip_forward on itself with the nftables backend")
+	} else {
+		// twill waits 20 s for someone to turn it on, then answers with the reason
+		var out string
+		eventually(t, 60*time.Second, "twill's answer names ip_forward", func() error {
+			var err error
+			out, err = h2.docker(runArgs("h2-nofwd", "blue")...)
+			h2.docker("rm", "-f", "h2-nofwd")
+			if err == nil {
+				return fmt.Errorf("docker run succeeded with ip_forward off")
+			}
+			if !strings.Contains(out, "sysctl -w net.ipv4.ip_forward=1") {
+				return fmt.Errorf("docker run: %s", lastLine(out))
+			}
+			return nil
+		})
+		t.Logf("docker run with ip_forward off: %s", lastLine(out))
+		sock := filepath.Join(h2.dir(), "twill", "twill-ctl.sock")
+		doc, _ := h2.sh(30*time.Second, envOr("TWILLCTL", filepath.Join(repoRoot, "bin", "twillctl")), "--socket", sock, "doctor")
+		t.Logf("twillctl doctor on host 2:\n%s", doc)
+		if !strings.Contains(doc, "FIX: sysctl -w net.ipv4.ip_forward=1") {
+			t.Errorf("twillctl doctor gives no FIX line for ip_forward")
+		}
+		if _, err := h2.sh(5*time.Second, "sysctl", "-qw", "net.ipv4.ip_forward=1"); err != nil {
+			t.Fatal(err)
+		}
+		h2.mustDocker(t, "plugin", "disable", "-f", driver)
+		h2.mustDocker(t, "plugin", "enable", driver)
+	}
+	// containers that could not start while twill could not are started again
+	for _, c := range s.cs {
+		if c.h == h2 {
+			if out, _ := h2.docker("inspect", "-f", "{{.State.Running}}", c.name); out != "true" {
+				h2.mustDocker(t, "start", c.name)
+			}
+		}
+	}
+	for i := range s.cs {
+		if s.cs[i].h == h2 {
+			s.cs[i].ip = inspectIP(t, h2, s.cs[i].name, "blue")
+		}
 	}
 	reach(t, 30*time.Second, s.byName("h2-a"), s.byName("h2-b"), s.byName("h1-a"), s.byName("h3-b"))
 	reach(t, 30*time.Second, s.byName("h1-b"), s.byName("h2-a"), s.byName("h2-b"))

@@ -35,7 +35,10 @@ func doctor(ctx context.Context, c *control.Client) []finding {
 	var peers control.Peers
 	var out []finding
 	if err := c.Get(ctx, "status", &st); err != nil {
-		return []finding{{Check: "twilld", Detail: err.Error(), Fix: "start twilld (or enable the plugin: docker plugin enable twill:latest) and run twillctl as root"}}
+		// the host's own settings still tell why twilld may not start
+		// (a managed plugin cannot turn on ip_forward itself)
+		return []finding{{Check: "twilld", Detail: err.Error(), Fix: "start twilld (or enable the plugin: docker plugin enable twill:latest) and run twillctl as root; twilld's log (dockerd's, for the plugin) says why it stopped"},
+			checkForwarding(), checkForwardPolicy()}
 	}
 	if err := c.Get(ctx, "peers", &peers); err != nil {
 		out = append(out, finding{Check: "twilld", Detail: err.Error(), Fix: "see twilld's log"})
