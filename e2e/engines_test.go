@@ -264,7 +264,11 @@ func (s *scenario) firewallNftables(t *testing.T) {
 			}
 			return nil
 		})
-		t.Logf("docker run with ip_forward off: %s", lastLine(out))
+		for _, l := range strings.Split(out, "\n") {
+			if strings.Contains(l, "ip_forward") {
+				t.Logf("docker run with ip_forward off: %s", l)
+			}
+		}
 		sock := filepath.Join(h2.dir(), "twill", "twill-ctl.sock")
 		doc, _ := h2.sh(30*time.Second, envOr("TWILLCTL", filepath.Join(repoRoot, "bin", "twillctl")), "--socket", sock, "doctor")
 		t.Logf("twillctl doctor on host 2:\n%s", doc)
