@@ -50,7 +50,9 @@ func doctorOn(t *testing.T, h *host) map[string]finding {
 	t.Helper()
 	out, _ := testbed.In(h.ns, twillctl(t), "--socket", filepath.Join(h.dir, "ctl.sock"), "--json", "doctor")
 	var fs []finding
-	if err := json.Unmarshal([]byte(out), &fs); err != nil {
+	// The JSON comes first; since 5143bf0 a failing doctor also says so on
+	// stderr, which In returns after it.
+	if err := json.NewDecoder(strings.NewReader(out)).Decode(&fs); err != nil {
 		t.Fatalf("doctor output: %v\n%s", err, out)
 	}
 	m := map[string]finding{}
