@@ -400,6 +400,16 @@ func TestBackendNetworkOption(t *testing.T) {
 		t.Errorf("h1 has no encrypted peer for h2: %+v", c.peers(h1))
 	}
 	transfer(t, c1.NS, c2.NS, c2.Addr.Addr(), 5001, 10<<20)
+	// h2 restarts: its WireGuard sessions are gone while h1 still holds
+	// one. With no keepalive configured, h2 introduces itself, so h1 does
+	// not wait for its stale session to time out (15 s).
+	h2.proc.Signal(syscall.SIGTERM)
+	c.start(2)
+	restarted := time.Now()
+	mustPing(t, c1.NS, c2.Addr.Addr())
+	if d := time.Since(restarted); d > 3*time.Second {
+		t.Errorf("h1 reached restarted h2 after %v", d.Round(time.Millisecond))
+	}
 
 	// A udp overlay two hosts share stays udp.
 	h1.docker.CreateNetwork(t, testbed.ID("plain-h1"), "10.99.0.0/16", nil)

@@ -2,6 +2,7 @@ package wireguard
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -67,7 +68,16 @@ type Device struct {
 	mu     sync.Mutex
 	peers  map[netip.Prefix]Peer // by subnet, as the leases say
 	closed bool
+	// introduceUntil ends the start-up window in which new peers get a
+	// handshake at once (see introduceLocked); timers are those pending.
+	introduceUntil time.Time
+	timers         []*time.Timer
 }
+
+// introduceFor is how long after its start a device introduces itself to
+// each peer it is given: the time a restarted twilld takes to learn every
+// lease.
+const introduceFor = 10 * time.Second
 
 // New runs WireGuard on t (the overlay's TUN) and bind (the UDP socket on
 // cfg.Backend.ListenPort) with cfg's private key. The device owns both and
@@ -97,7 +107,7 @@ func New(cfg Config, t tun.Device, bind conn.Bind) (*Device, error) {
 		Verbosef: func(string, ...any) {},
 		Errorf:   func(format string, args ...any) { log.Debug("wireguard: " + fmt.Sprintf(format, args...)) },
 	}
-	d := &Device{cfg: cfg, log: log, tun: f, name: name, peers: map[netip.Prefix]Peer{}}
+	d := &Device{cfg: cfg, log: log, tun: f, name: name, peers: map[netip.Prefix]Peer{}, introduceUntil: time.Now().Add(introduceFor)}
 	d.wg = device.NewDevice(f, bind, wlog)
 	if err := d.wg.IpcSet(fmt.Sprintf("private_key=%s\nlisten_port=%d\n", cfg.PrivateKey.hex(), cfg.Backend.ListenPort)); err != nil {
 		d.wg.Close()
@@ -159,7 +169,35 @@ func (d *Device) SetPeer(p Peer) error {
 		}
 		return fmt.Errorf("wireguard peer %s (%s at %s): %w", p.Subnet, p.PublicKey, p.Endpoint, err)
 	}
+	if (!had || old.PublicKey != p.PublicKey) && time.Now().Before(d.introduceUntil) {
+		d.introduceLocked(p.PublicKey)
+	}
 	return nil
+}
+
+// introduceLocked sends a handshake initiation to the peer with key soon.
+// A device that just started introduces itself to each peer at once rather
+// than with the first packet: a host that restarted (its sessions gone) is
+// then reachable before its peers' stale sessions time out (15 s), and a
+// joining host completes the handshakes its peers sent before its device
+// was listening (WireGuard retries those after 5 s). Two initiations that
+// cross make both wait those 5 s, so when both ends introduce themselves
+// the one with the lower public key waits a second. d.mu held.
+func (d *Device) introduceLocked(key Key) {
+	delay := time.Duration(0)
+	if pub := d.cfg.PrivateKey.Public(); bytes.Compare(pub[:], key[:]) < 0 {
+		delay = time.Second
+	}
+	d.timers = append(d.timers, time.AfterFunc(delay, func() {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		if d.closed || !d.keyUsedLocked(key) {
+			return
+		}
+		if peer := d.wg.LookupPeer(device.NoisePublicKey(key)); peer != nil {
+			peer.SendHandshakeInitiation(false) // best effort: a lost one is retried
+		}
+	}))
 }
 
 // RemovePeer removes the host holding sn; an unknown subnet is success.
@@ -299,6 +337,9 @@ func (d *Device) Close() error {
 		return nil
 	}
 	d.closed = true
+	for _, t := range d.timers {
+		t.Stop()
+	}
 	d.mu.Unlock()
 	d.wg.Close()
 	return nil

@@ -38,6 +38,7 @@ func newPair(t *testing.T, be Backend) *pair {
 		if err != nil {
 			t.Fatal(err)
 		}
+		d.introduceUntil = time.Time{} // two fresh devices would cross their introductions
 		p.devs[i] = d
 		t.Cleanup(func() { d.Close() })
 	}
@@ -176,5 +177,42 @@ func TestPeerArguments(t *testing.T) {
 	}
 	if err := p.devs[0].RemovePeer(p.subs[1]); err != nil || len(p.devs[0].Stats().Peers) != 0 {
 		t.Errorf("RemovePeer: %v, peers %+v", err, p.devs[0].Stats().Peers)
+	}
+}
+
+// A device that just started (host 2 restarted, or joined) handshakes with
+// each peer it is given at once, before any packet.
+func TestNewDeviceIntroducesItself(t *testing.T) {
+	p := newPair(t, Backend{})
+	if st := p.devs[0].Stats(); !st.Peers[0].LastHandshake.IsZero() {
+		t.Fatalf("handshake before anyone asked: %+v", st.Peers)
+	}
+	p.devs[1].Close()
+	binds := bindtest.NewChannelBinds()
+	p.devs[0].Close()
+	d0, err := New(Config{Overlay: overlay, Local: p.subs[0], PrivateKey: p.keys[0]}, tuntest.NewChannelTUN().TUN(), binds[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d0.Close() })
+	d0.introduceUntil = time.Time{} // the host that kept running
+	d0.SetPeer(Peer{Subnet: p.subs[1], PublicKey: p.keys[1].Public(), Endpoint: p.eps[1]})
+	d1, err := New(Config{Overlay: overlay, Local: p.subs[1], PrivateKey: p.keys[1]}, tuntest.NewChannelTUN().TUN(), binds[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d1.Close() })
+	d1.SetPeer(Peer{Subnet: p.subs[0], PublicKey: p.keys[0].Public(), Endpoint: p.eps[0]})
+	p.devs = [2]*Device{d0, d1}
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		a, b := p.devs[0].Stats().Peers, p.devs[1].Stats().Peers
+		if len(a) == 1 && len(b) == 1 && !a[0].LastHandshake.IsZero() && !b[0].LastHandshake.IsZero() {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no handshake without traffic: %+v / %+v", a, b)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
