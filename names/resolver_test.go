@@ -233,3 +233,21 @@ func TestServeDNSTruncates(t *testing.T) {
 }
 
 func sortedStrings(s []string) []string { s = slices.Clone(s); slices.Sort(s); return s }
+
+func TestResolverAddr(t *testing.T) {
+	a, err := ResolverAddr(netip.MustParsePrefix("10.96.0.0/16"), netip.MustParseAddr("10.96.1.0"))
+	if err != nil || a.String() != "10.96.0.53" {
+		t.Fatalf("%v %v", a, err)
+	}
+	if _, err := ResolverAddr(netip.MustParsePrefix("10.96.0.0/16"), netip.MustParseAddr("10.96.0.0")); !errors.Is(err, ErrResolverLeasable) || !strings.Contains(err.Error(), "SubnetMin") {
+		t.Fatalf("SubnetMin at the network start: %v", err)
+	}
+	// /28 subnets: SubnetMin 10.97.0.16 would lease .53.
+	if _, err := ResolverAddr(netip.MustParsePrefix("10.97.0.0/16"), netip.MustParseAddr("10.97.0.16")); !errors.Is(err, ErrResolverLeasable) {
+		t.Fatalf("small subnets: %v", err)
+	}
+	var h HostAddrs
+	if !h.Has(netip.MustParseAddr("127.0.0.1")) || h.Has(netip.MustParseAddr("203.0.113.77")) {
+		t.Fatal("host addresses")
+	}
+}

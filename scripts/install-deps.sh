@@ -3,7 +3,7 @@
 # missing. Asks first on a terminal unless --yes is given or CI is set.
 set -euo pipefail
 pkgs=(docker.io etcd-server etcd-client docker-registry busybox-static iperf3 docker-compose
-      iptables iproute2 ethtool kmod procps psmisc ca-certificates
+      iptables iproute2 ethtool kmod procps psmisc ca-certificates dnsperf
       gcc libc6-dev  # gcc: flanneld's udp backend is cgo (scripts/flanneld.sh, the interop test)
       clang llvm libbpf-dev bpftool # the kernel datapath's BPF object (scripts/bpf-check.sh); bpftool to inspect it
       libseccomp-dev pkg-config # runc of the current engine (scripts/engine.sh) is cgo with seccomp

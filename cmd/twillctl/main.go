@@ -1,5 +1,6 @@
 // Command twillctl shows what the local twilld is doing: this host's lease,
-// every host's lease, peers and their counters, Docker networks and endpoints.
+// every host's lease, peers and their counters, Docker networks and endpoints,
+// and the names the resolver answers.
 package main
 
 import (
@@ -34,6 +35,8 @@ commands:
   peers       per peer: packets and bytes in and out, last seen; drops by reason
   networks    twill's Docker networks on this host
   endpoints   twill's container interfaces on this host
+  names       names across hosts: every container name and alias on twill
+              networks, its address, the host that published it, its network
   doctor      check this host: forwarding, rp_filter, routes, firewall, etcd,
               every peer through the tunnel (small and full-MTU), clock
   leave       give this host's leases back (decommissioning)
@@ -113,6 +116,8 @@ func command(ctx context.Context, c *control.Client, cmd string, asJSON bool, w 
 		v, table = &[]control.Network{}, func(w io.Writer, v any) { printNetworks(w, *v.(*[]control.Network)) }
 	case "endpoints":
 		v, table = &[]control.Endpoint{}, func(w io.Writer, v any) { printEndpoints(w, *v.(*[]control.Endpoint)) }
+	case "names":
+		v, table = &[]control.Name{}, func(w io.Writer, v any) { printNames(w, *v.(*[]control.Name)) }
 	case "doctor":
 		fs := doctor(ctx, c)
 		if asJSON {

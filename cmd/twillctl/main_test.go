@@ -27,7 +27,7 @@ type fakeSource struct {
 func (f *fakeSource) Status(ctx context.Context) (control.Status, error) {
 	return control.Status{Hostname: "node-a", PublicIP: "10.0.0.1", Port: 8285, Underlay: "eth0", MTU: 1472,
 		Datapath: "kernel (eBPF on twill0 and eth0; the TUN path takes what the programs leave)", Offload: "offload", BusyPoll: "50ms, 12 spells", Etcd: "http://10.0.0.5:2379", EtcdHealthy: true, UptimeSecond: 3725,
-		Overlays: []control.OverlayLease{{Network: "10.96.0.0/16", Subnet: "10.96.7.0/24", Default: true, Expiry: f.exp},
+		Overlays: []control.OverlayLease{{Network: "10.96.0.0/16", Subnet: "10.96.7.0/24", Default: true, Expiry: f.exp, Resolver: "10.96.0.53", ResolverState: "serving, 3 records"},
 			{Network: "10.98.0.0/16", Subnet: "10.98.3.0/24", Expiry: f.exp,
 				Encrypted: "wireguard on twg0a620000, UDP 51820, public key hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo="}}}, nil
 }
@@ -60,6 +60,15 @@ func (f *fakeSource) Endpoints(ctx context.Context) ([]control.Endpoint, error) 
 	}, nil
 }
 
+func (f *fakeSource) Names(ctx context.Context) ([]control.Name, error) {
+	return []control.Name{
+		{Name: "web", Address: "10.96.9.4", Host: "10.0.0.2", Network: "proj_default", Overlay: "10.96.0.0/16", Container: "c2c2c2c2c2c2c2c2"},
+		{Name: "proj-web-1", Address: "10.96.7.2", Host: "10.0.0.1", Network: "proj_default", Overlay: "10.96.0.0/16", Container: "896c02fc00112233aabb"},
+		{Name: "web", Address: "10.96.7.2", Host: "10.0.0.1", Network: "proj_default", Overlay: "10.96.0.0/16", Container: "896c02fc00112233aabb"},
+		{Name: "db", Address: "10.96.12.3", Host: "10.0.0.9", Network: "backend", Overlay: "10.96.0.0/16", Container: "d1d1d1d1d1d1d1d1"},
+	}, nil
+}
+
 func (f *fakeSource) Leave(ctx context.Context) error {
 	if f.left {
 		return errors.New("no lease held")
@@ -82,7 +91,7 @@ func serveFake(t *testing.T) string {
 
 func TestTablesMatchGolden(t *testing.T) {
 	sock := serveFake(t)
-	for _, cmd := range []string{"status", "leases", "peers", "networks", "endpoints"} {
+	for _, cmd := range []string{"status", "leases", "peers", "networks", "endpoints", "names"} {
 		var out, errb bytes.Buffer
 		if rc := run([]string{"--socket", sock, cmd}, &out, &errb); rc != 0 {
 			t.Fatalf("%s: rc %d: %s", cmd, rc, errb.String())
@@ -109,6 +118,7 @@ func TestJSONSchema(t *testing.T) {
 		"leases":    {"network", "subnet", "public_ip", "backend_type", "expiry", "self", "flanneld"},
 		"networks":  {"id", "bridge", "overlay", "subnet", "gateway", "internal", "mtu", "endpoints"},
 		"endpoints": {"id", "network", "address", "mac", "veth", "ports"},
+		"names":     {"name", "address", "host", "network", "overlay", "container"},
 	}
 	for cmd, keys := range want {
 		var out, errb bytes.Buffer

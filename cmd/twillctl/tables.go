@@ -34,6 +34,13 @@ func printStatus(w io.Writer, s *control.Status) {
 			def = " (default)"
 		}
 		fmt.Fprintf(t, "overlay %s%s\tsubnet %s, lease expires in %s\n", o.Network, def, o.Subnet, until(o.Expiry))
+		if o.Resolver != "" || o.ResolverState != "" {
+			addr := o.Resolver
+			if addr == "" {
+				addr = "-"
+			}
+			fmt.Fprintf(t, "  resolver (dns:)\t%s (%s)\n", addr, o.ResolverState)
+		}
 		if o.Encrypted != "" {
 			fmt.Fprintf(t, "\tencrypted: %s\n", o.Encrypted)
 		}
@@ -123,6 +130,25 @@ func printEndpoints(w io.Writer, es []control.Endpoint) {
 			ports = "-"
 		}
 		fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%s\t%s\n", short(e.ID), short(e.Network), e.Address, e.MAC, e.Veth, ports)
+	}
+	t.Flush()
+}
+
+func printNames(w io.Writer, ns []control.Name) {
+	sort.Slice(ns, func(i, j int) bool {
+		a, b := ns[i], ns[j]
+		if a.Network != b.Network {
+			return a.Network < b.Network
+		}
+		if a.Name != b.Name {
+			return a.Name < b.Name
+		}
+		return comparePrefix(a.Address+"/32", b.Address+"/32") < 0
+	})
+	t := newTab(w)
+	fmt.Fprintln(t, "NAME\tADDRESS\tHOST\tNETWORK\tCONTAINER")
+	for _, n := range ns {
+		fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%s\n", n.Name, n.Address, n.Host, n.Network, short(n.Container))
 	}
 	t.Flush()
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/twill-net/twill/datapath/overlay"
+	"github.com/twill-net/twill/names"
 )
 
 // config is twilld's settings, parsed and validated once. Every setting is an
@@ -39,9 +40,11 @@ type config struct {
 	ControlSocket string
 	MetricsAddr   string
 	PluginDir     string
-	PluginName    string        // how users name twill in -d and --ipam-driver
-	OrphanAge     time.Duration // an unused allocation older than this is given back
-	DockerSocket  string        // dockerd's API, for reconciliation after a start
+	PluginName    string           // how users name twill in -d and --ipam-driver
+	OrphanAge     time.Duration    // an unused allocation older than this is given back
+	DockerSocket  string           // dockerd's API, for reconciliation after a start and for names
+	Names         bool             // names across hosts: resolver, records, Docker watcher
+	DNSUpstream   []netip.AddrPort // where the resolver forwards; empty = the host's resolv.conf
 	LogLevel      slog.Level
 	LogFormat     string
 }
@@ -71,6 +74,8 @@ var settings = []setting{
 	{"TWILL_CONTROL_SOCKET", "control-socket", "", "twillctl's socket; empty = <state-dir>/twill-ctl.sock"},
 	{"TWILL_METRICS_ADDR", "metrics-addr", "127.0.0.1:9586", "Prometheus /metrics listen address; empty = off"},
 	{"TWILL_DOCKER_SOCKET", "docker-socket", "/run/docker.sock", "dockerd's API socket, read once after a start to remove networks deleted while twill was down; empty = off"},
+	{"TWILL_NAMES", "names", "on", "names across hosts: a resolver on each overlay's fixed address (e.g. 10.96.0.53) answering containers' names from every host; on or off"},
+	{"TWILL_DNS_UPSTREAM", "dns-upstream", "", "resolvers the names resolver forwards other names to, comma-separated IP[:PORT]; empty = the nameservers of the host's /etc/resolv.conf"},
 	{"TWILL_ORPHAN_AGE", "orphan-age", "2m", "an address handed out this long ago that no container uses is given back (a crash lost its answer)"},
 	{"TWILL_LOG_LEVEL", "log-level", "info", "debug, info, warn or error"},
 	{"TWILL_LOG_FORMAT", "log-format", "auto", "text, json, or auto (text on a terminal, JSON otherwise)"},
@@ -222,6 +227,18 @@ func parseConfig(args []string, env func(string) (string, bool), usage io.Writer
 		if os.Getpid() == 1 { // a managed plugin runs in its own PID namespace
 			c.PluginName = "twill:latest"
 		}
+	}
+	switch get["names"] {
+	case "on":
+		c.Names = true
+	case "off":
+	default:
+		bad("names", "want on or off")
+	}
+	if ups, err := names.ParseUpstreams(get["dns-upstream"]); err != nil {
+		bad("dns-upstream", "%v", err)
+	} else {
+		c.DNSUpstream = ups
 	}
 	if d, err := time.ParseDuration(get["orphan-age"]); err != nil || d < time.Second {
 		bad("orphan-age", "want a duration of at least 1s, e.g. 2m")

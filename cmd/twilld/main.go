@@ -18,6 +18,7 @@ import (
 
 	"github.com/twill-net/twill/internal/control"
 	"github.com/twill-net/twill/internal/metrics"
+	"github.com/twill-net/twill/names"
 	"github.com/twill-net/twill/plugin"
 )
 
@@ -87,6 +88,12 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 				return n.allocations()
 			}
 			return nil
+		},
+		Names: func() (names.Snapshot, map[string]int) {
+			if n := up.Load(); n != nil {
+				return n.dnsStats()
+			}
+			return names.Snapshot{}, nil
 		},
 	})
 	srv := plugin.New(plugin.Options{Log: log, Observer: m.ObserveRequest})

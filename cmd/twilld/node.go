@@ -51,6 +51,7 @@ type node struct {
 	fw      *firewall.Firewall
 	drv     *driver.Driver
 	ipam    *ipam.IPAM
+	names   *nameService // nil with TWILL_NAMES=off
 
 	envMu     sync.Mutex // serialises subnet.env writes
 	closeOnce sync.Once
@@ -70,6 +71,9 @@ func fatal(err error) bool {
 // startHost brings the host up in dependency order. Errors say what to set.
 func startHost(ctx context.Context, cfg config, log *slog.Logger, srv *plugin.Server, m *metrics.Metrics) (_ *node, err error) {
 	n := &node{cfg: cfg, log: log, metrics: m, started: time.Now()}
+	if cfg.Names {
+		n.names = newNameService(n)
+	}
 	defer func() {
 		if err != nil {
 			n.close()
@@ -206,6 +210,7 @@ func (n *node) joinOverlay(ov, sn netip.Prefix) error {
 		}
 		n.inKernel("adding overlay", func(k *kernel.Datapath) error { return k.AddOverlay(ov, sn) })
 	}
+	n.names.ensure(ov)
 	if n.cfg.SubnetEnv != "" && ov == n.leases.Default() {
 		n.envMu.Lock()
 		defer n.envMu.Unlock()
@@ -235,6 +240,7 @@ func (n *node) follow(ctx context.Context) {
 				n.log.Error("applying own lease", "err", err)
 			}
 		case ev.Own:
+			n.names.remove(l.Overlay)
 			if err := n.fwd.RemoveOverlay(l.Overlay); err != nil {
 				n.log.Error("removing overlay", "overlay", l.Overlay, "err", err)
 			}
@@ -284,6 +290,8 @@ func (n *node) serve(ctx context.Context) error {
 	go func() { defer wg.Done(); n.sweepLoop(ctx) }()
 	wg.Add(1)
 	go func() { defer wg.Done(); n.reconcileWithDocker(ctx) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); n.names.run(ctx) }()
 
 	ln, err := control.Listen(n.cfg.ControlSocket)
 	if err != nil {

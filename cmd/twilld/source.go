@@ -44,8 +44,9 @@ func (n *node) Status(ctx context.Context) (control.Status, error) {
 	}
 	def := n.leases.Default()
 	for _, l := range n.leases.Leases() {
+		addr, state := n.names.resolverView(l.Overlay)
 		s.Overlays = append(s.Overlays, control.OverlayLease{Network: l.Overlay.String(), Subnet: l.Subnet.String(), Expiry: l.Expiration, Default: l.Overlay == def,
-			Encrypted: n.enc.describe(l.Overlay)})
+			Encrypted: n.enc.describe(l.Overlay), Resolver: addr, ResolverState: state})
 	}
 	return s, nil
 }

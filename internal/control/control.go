@@ -1,6 +1,6 @@
 // Package control owns twilld's control socket: a root-only Unix socket that
 // serves twillctl a JSON view of the daemon (status, leases, peers, networks,
-// endpoints) and takes the one command that changes state, leave.
+// endpoints, names) and takes the one command that changes state, leave.
 package control
 
 import (
@@ -43,6 +43,20 @@ type OverlayLease struct {
 	// Encrypted overlays name their WireGuard device, listen port and this
 	// host's public key.
 	Encrypted string `json:"encrypted,omitempty"`
+	// Resolver is the overlay's resolver address (what users give dns: or
+	// --dns); ResolverState says whether it serves, or why not.
+	Resolver      string `json:"resolver,omitempty"`
+	ResolverState string `json:"resolver_state,omitempty"`
+}
+
+// Name is one name a container answers to on one twill network.
+type Name struct {
+	Name      string `json:"name"`
+	Address   string `json:"address"`
+	Host      string `json:"host"` // public IP of the host that published it
+	Network   string `json:"network"`
+	Overlay   string `json:"overlay"`
+	Container string `json:"container"`
 }
 
 // Lease is one host's lease as etcd holds it.
@@ -111,12 +125,15 @@ type Source interface {
 	Peers(ctx context.Context) (Peers, error)
 	Networks(ctx context.Context) ([]Network, error)
 	Endpoints(ctx context.Context) ([]Endpoint, error)
+	// Names lists the name records of every host in the overlays this
+	// host uses.
+	Names(ctx context.Context) ([]Name, error)
 	// Leave gives this host's leases back (decommissioning).
 	Leave(ctx context.Context) error
 }
 
 // Handler serves src over HTTP: GET /status, /leases, /peers, /networks,
-// /endpoints and POST /leave. Errors answer {"error": "..."} with status 500.
+// /endpoints, /names and POST /leave. Errors answer {"error": "..."} with status 500.
 func Handler(src Source, log *slog.Logger) http.Handler {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -133,6 +150,7 @@ func Handler(src Source, log *slog.Logger) http.Handler {
 	get("/peers", func(ctx context.Context) (any, error) { return src.Peers(ctx) })
 	get("/networks", func(ctx context.Context) (any, error) { return src.Networks(ctx) })
 	get("/endpoints", func(ctx context.Context) (any, error) { return src.Endpoints(ctx) })
+	get("/names", func(ctx context.Context) (any, error) { return src.Names(ctx) })
 	mux.HandleFunc("POST /leave", func(w http.ResponseWriter, r *http.Request) {
 		err := src.Leave(r.Context())
 		reply(w, map[string]string{"result": "left"}, err, log, "/leave")

@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/twill-net/twill/internal/control"
+	"github.com/twill-net/twill/names"
 )
 
 // Sources are read at every scrape. Any may be nil.
@@ -25,7 +26,9 @@ type Sources struct {
 	Peers       func() control.Peers
 	Leases      func() []control.Lease // this host's own leases (Self) and the others'
 	Allocations func() map[string]int  // network ID -> addresses allocated
-	Now         func() time.Time
+	// Names gives the resolvers' counters and the records per overlay.
+	Names func() (names.Snapshot, map[string]int)
+	Now   func() time.Time
 }
 
 // Metrics is the registry plus the observers the daemon calls.
@@ -60,6 +63,9 @@ func New(src Sources) *Metrics {
 	m.reg.MustRegister(m.requests, m.latency, m.etcdErrors,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		&scrape{src: src})
+	if src.Names != nil {
+		m.reg.MustRegister(dnsCollector{read: src.Names})
+	}
 	return m
 }
 

@@ -113,6 +113,16 @@ func (m *Manager) openExtra(ctx context.Context, overlay netip.Prefix) (*overlay
 	return m.open(ctx, kv, cfg)
 }
 
+// KeyPrefix is the etcd prefix holding overlay's config and leases: the
+// manager's prefix for the default overlay, `<prefix>/overlays/<net>-<len>`
+// for the others.
+func (m *Manager) KeyPrefix(overlay netip.Prefix) string {
+	if overlay.Masked() == m.Default() {
+		return m.opts.Prefix
+	}
+	return m.overlayPrefix(overlay.Masked())
+}
+
 func (m *Manager) overlayPrefix(overlay netip.Prefix) string {
 	return m.opts.Prefix + "/overlays/" + overlayName(overlay)
 }
