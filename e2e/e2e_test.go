@@ -49,6 +49,7 @@ func TestTwill(t *testing.T) {
 		{"PublishPort", (*scenario).publish, false},
 		{"PublishLiveRestore", (*scenario).publishLiveRestore, false},
 		{"Compose", (*scenario).compose, false},
+		{"Names", (*scenario).names, false},
 		{"DockerdRestart", (*scenario).dockerdRestart, false},
 		{"FirewallIptables", (*scenario).firewallIptables, false},
 		{"FirewallNftables", (*scenario).firewallNftables, false},

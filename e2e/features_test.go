@@ -109,15 +109,16 @@ func (s *scenario) compose(t *testing.T) {
 	}
 	for _, name := range []string{"docker-compose-1.29", "docker-compose-plugin"} {
 		if tools[name] != "" {
-			t.Run(name, func(t *testing.T) { composeWith(t, tools[name]) })
+			t.Run(name, func(t *testing.T) { s.composeWith(t, tools[name]) })
 		}
 	}
 }
 
-func composeWith(t *testing.T, compose string) {
+func (s *scenario) composeWith(t *testing.T, compose string) {
 	runSh := filepath.Join(repoRoot, "examples", "compose", "run.sh")
+	// web on hosts 1 and 3, the client on host 2 with only dns: set
 	env := append(os.Environ(), "COMPOSE="+compose, "DOCKER="+dockerBin(),
-		"DOCKER_HOST_WEB=unix:///run/twe-h1.sock", "DOCKER_HOST_CLIENT=unix:///run/twe-h2.sock",
+		"DOCKER_HOST_WEB=unix:///run/twe-h1.sock unix:///run/twe-h3.sock", "DOCKER_HOST_CLIENT=unix:///run/twe-h2.sock",
 		"TWILL_NETWORK_NAME=blue", "IMAGE="+image, "COMPOSE_PROJECT_NAME=twe")
 	sh := func(arg string) (string, error) {
 		cmd := exec.Command("bash", runSh, arg)
@@ -135,8 +136,13 @@ func composeWith(t *testing.T, compose string) {
 		t.Fatalf("compose up: %v\n%s", err, out)
 	}
 	t.Logf("compose up:\n%s", out)
+	// Each page names its server's address: both replicas must answer.
+	want := map[string]string{}
+	for _, n := range []int{1, 3} {
+		want[fmt.Sprintf("h%d", n)] = "at " + strings.TrimSuffix(s.subnets[n].Addr().String(), "0")
+	}
 	h2 := hosts()[1]
-	eventually(t, 30*time.Second, "client on host 2 fetched the page of web on host 1", func() error {
+	eventually(t, 60*time.Second, "client on host 2 fetched http://web/ from the replicas on hosts 1 and 3", func() error {
 		// compose 1.29 names it twe_client_1, later ones twe-client-1
 		id, err := h2.docker("ps", "-q", "--filter", "label=com.docker.compose.project=twe", "--filter", "label=com.docker.compose.service=client")
 		if err != nil || id == "" {
@@ -146,8 +152,10 @@ func composeWith(t *testing.T, compose string) {
 		if err != nil {
 			return err
 		}
-		if !strings.Contains(logs, "hello from web") {
-			return fmt.Errorf("client log: %q", logs)
+		for h, w := range want {
+			if !strings.Contains(logs, "hello from web") || !strings.Contains(logs, w) {
+				return fmt.Errorf("no page from web on %s (%q) in the client log: %q", h, w, logs)
+			}
 		}
 		return nil
 	})

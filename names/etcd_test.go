@@ -2,10 +2,14 @@ package names
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
+	"runtime"
 	"slices"
 	"testing"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/twill-net/twill/internal/etcdserver/etcdtest"
 )
@@ -104,4 +108,49 @@ func TestPublishAndWatch(t *testing.T) {
 	if tb.Len() != 2 {
 		t.Fatalf("table holds %v", tb.Records())
 	}
+}
+
+// TestMemory10kNames: a watcher holding 10,000 records of 50 hosts (200
+// containers each, two names per record) from a real etcd; the heap it
+// takes is logged (README's benchmark section) and bounded.
+func TestMemory10kNames(t *testing.T) {
+	if testing.Short() {
+		t.Skip("short")
+	}
+	srv := etcdtest.Start(t)
+	cli := etcdtest.Client(t, srv)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const prefix = "/coreos.com/network"
+	p := &Publisher{Client: cli}
+	var ops []clientv3.Op
+	for h := range 50 {
+		for c := range 200 {
+			a := netip.AddrFrom4([4]byte{10, 96, byte(1 + h), byte(2 + c)})
+			r := Record{Host: "10.199.1." + itoa(h+1), Endpoint: fmt.Sprintf("%064x", h*1000+c), Network: "proj_default",
+				Container: fmt.Sprintf("%064x", h*1000+c+1), Names: []string{fmt.Sprintf("proj-svc%d-%d", c%20, h*200+c), fmt.Sprintf("svc%d", c%20)}, Addr: a}
+			ops = append(ops, clientv3.OpPut(r.Key(prefix), string(r.Marshal())))
+		}
+	}
+	if err := p.commit(ctx, ops); err != nil {
+		t.Fatal(err)
+	}
+	ops = nil
+	runtime.GC()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	tb := NewTable()
+	go (&Watcher{Client: cli, Prefix: prefix, Table: tb}).Run(ctx)
+	waitFor(t, "10,000 records listed", 30*time.Second, func() bool { return tb.Len() == 10000 })
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	heap := int64(after.HeapAlloc) - int64(before.HeapAlloc)
+	t.Logf("10,000 records (50 hosts x 200 containers, 20,000 names): table heap %.1f MB (%d B per record)", float64(heap)/1e6, heap/10000)
+	if heap > 40<<20 {
+		t.Errorf("10,000 records take %d MB", heap>>20)
+	}
+	if got := lookup(tb, netip.AddrFrom4([4]byte{10, 96, 3, 9}), "svc7"); len(got) != 50*10 {
+		t.Errorf("svc7: %d addresses, want 500", len(got))
+	}
+	runtime.KeepAlive(tb)
 }

@@ -6,41 +6,68 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"runtime"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/miekg/dns"
+	"golang.org/x/sys/unix"
 )
 
 // Listener is one resolver address served over UDP and TCP.
 type Listener struct {
-	Addr netip.AddrPort
-	udp  *dns.Server
-	tcp  *dns.Server
-	wg   sync.WaitGroup
+	Addr    netip.AddrPort
+	servers []*dns.Server
+	wg      sync.WaitGroup
 }
 
-// Listen binds addr over UDP and TCP (the address must be on the host
-// already) and serves h on both until Close.
+// reusePort lets several UDP sockets share the resolver's port, so that
+// the kernel spreads queries over one reader per CPU.
+func reusePort(_, _ string, c syscall.RawConn) error {
+	var serr error
+	err := c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1) })
+	return errors.Join(err, serr)
+}
+
+// Listen binds addr over UDP (one socket per CPU, up to four) and TCP (the
+// address must be on the host already) and serves h on all until Close.
 func Listen(addr netip.AddrPort, h dns.Handler) (*Listener, error) {
-	pc, err := net.ListenPacket("udp", addr.String())
-	if err != nil {
-		return nil, fmt.Errorf("resolver %s/udp: %w (binding port 53 needs CAP_NET_BIND_SERVICE)", addr, err)
+	lc := net.ListenConfig{Control: reusePort}
+	ctx := context.Background()
+	l := &Listener{}
+	n := min(max(runtime.GOMAXPROCS(0), 1), 4)
+	var pcs []net.PacketConn
+	closeAll := func() {
+		for _, pc := range pcs {
+			pc.Close()
+		}
 	}
-	addr = pc.LocalAddr().(*net.UDPAddr).AddrPort() // port 0 (tests): TCP takes the same port
+	for i := range n {
+		pc, err := lc.ListenPacket(ctx, "udp", addr.String())
+		if err != nil {
+			closeAll()
+			return nil, fmt.Errorf("resolver %s/udp: %w (binding port 53 needs CAP_NET_BIND_SERVICE)", addr, err)
+		}
+		if i == 0 {
+			addr = pc.LocalAddr().(*net.UDPAddr).AddrPort() // port 0 (tests): the others take the same port
+		}
+		pcs = append(pcs, pc)
+	}
 	ln, err := net.Listen("tcp", addr.String())
 	if err != nil {
-		pc.Close()
+		closeAll()
 		return nil, fmt.Errorf("resolver %s/tcp: %w", addr, err)
 	}
-	l := &Listener{
-		Addr: addr,
-		udp:  &dns.Server{PacketConn: pc, Handler: h, UDPSize: dns.MaxMsgSize},
-		// Idle TCP connections are closed after a few seconds; a client
-		// sending nothing cannot hold one longer.
-		tcp: &dns.Server{Listener: ln, Handler: h, ReadTimeout: 3 * time.Second, IdleTimeout: func() time.Duration { return 3 * time.Second }, MaxTCPQueries: 1000},
+	l.Addr = addr
+	for _, pc := range pcs {
+		l.servers = append(l.servers, &dns.Server{PacketConn: pc, Handler: h, UDPSize: dns.MaxMsgSize})
 	}
-	for _, s := range []*dns.Server{l.udp, l.tcp} {
+	// Idle TCP connections are closed after a few seconds; a client
+	// sending nothing cannot hold one longer.
+	l.servers = append(l.servers, &dns.Server{Listener: ln, Handler: h, ReadTimeout: 3 * time.Second,
+		IdleTimeout: func() time.Duration { return 3 * time.Second }, MaxTCPQueries: 1000})
+	for _, s := range l.servers {
 		l.wg.Add(1)
 		started := make(chan struct{})
 		s.NotifyStartedFunc = func() { close(started) }
@@ -60,7 +87,10 @@ func Listen(addr netip.AddrPort, h dns.Handler) (*Listener, error) {
 func (l *Listener) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	err := errors.Join(l.udp.ShutdownContext(ctx), l.tcp.ShutdownContext(ctx))
+	var errs []error
+	for _, s := range l.servers {
+		errs = append(errs, s.ShutdownContext(ctx))
+	}
 	l.wg.Wait()
-	return err
+	return errors.Join(errs...)
 }

@@ -156,9 +156,7 @@ func (t *Table) Lookup(src netip.Addr, anyHost bool, name string) (addrs []netip
 		}
 		known = true
 		for _, a := range set {
-			if !slices.Contains(addrs, a) {
-				addrs = append(addrs, a)
-			}
+			addrs = append(addrs, a)
 		}
 	}
 	if anyHost {
@@ -171,5 +169,5 @@ func (t *Table) Lookup(src netip.Addr, anyHost bool, name string) (addrs []netip
 		}
 	}
 	slices.SortFunc(addrs, netip.Addr.Compare)
-	return addrs, known
+	return slices.Compact(addrs), known
 }

@@ -19,6 +19,9 @@
 #   netns twe-hN:   twe0 10.199.0.N/24, default via .254; dockerd on /run/twe-hN.sock
 #   netns twe-etcd: twe0 10.199.0.250, etcd on :2379
 #   netns twe-reg:  twe0 10.199.0.251, docker-registry on :5000
+#   netns twe-dns:  twe0 10.199.0.252, tools/dnsstub on :53 (zone twe.): the
+#                   upstream twill's resolvers forward to (TWILL_DNS_UPSTREAM),
+#                   standing in for the internet's; never the machine's resolvers
 # Env: TWE_HOSTS (3), TWE_STATE (/var/lib/twe), TWE_BUNDLE (plugin bundle dir),
 # TWE_PLUGIN_SETTINGS (extra KEY=VALUE for `docker plugin install`),
 # TWE_LOGS (where `down` keeps the logs, /tmp/twe-logs),
@@ -41,6 +44,7 @@ NET=10.199.0
 ETCD_IP=$NET.250
 REG_IP=$NET.251
 REG=$REG_IP:5000
+DNS_IP=$NET.252
 ETCD_URL=http://$ETCD_IP:2379
 IMAGE=twe-busybox:latest
 PLUGIN_REF=$REG/twill:latest
@@ -179,6 +183,7 @@ up_inner() {
 	for n in $(seq 1 "$HOSTS"); do member "twe-h$n" "$NET.$n" "twe-h${n}u"; done
 	member twe-etcd $ETCD_IP twe-etcdu
 	member twe-reg $REG_IP twe-regu
+	member twe-dns $DNS_IP twe-dnsu
 
 	say "etcd on $ETCD_URL, registry on $REG"
 	mkdir -p "$STATE/etcd" "$STATE/registry"
@@ -196,6 +201,12 @@ up_inner() {
 	ip netns exec twe-reg setsid docker-registry serve "$STATE/registry/config.yml" \
 		>>"$STATE/registry/registry.log" 2>&1 </dev/null 9>&- &
 	echo $! >"$STATE/registry/pid"
+	say "upstream resolver on $DNS_IP:53 (tools/dnsstub, zone twe.)"
+	mkdir -p "$STATE/dns"
+	(cd "$ROOT" && CGO_ENABLED=0 go build -o "$STATE/dns/dnsstub" ./tools/dnsstub)
+	ip netns exec twe-dns setsid "$STATE/dns/dnsstub" serve -listen "$DNS_IP:53" -zone twe. \
+		>>"$STATE/dns/dnsstub.log" 2>&1 </dev/null &
+	echo $! >"$STATE/dns/pid"
 
 	say "starting $HOSTS dockerd (own netns, mount namespace, data-root, socket)"
 	local cg
@@ -238,7 +249,7 @@ up_inner() {
 	for n in $(seq 1 "$HOSTS"); do
 		# shellcheck disable=SC2086
 		dk "$n" plugin install --grant-all-permissions --alias twill "$PLUGIN_REF" \
-			ETCD_ENDPOINTS=$ETCD_URL TWILL_IFACE=twe0 TWILL_LOG_LEVEL=debug \
+			ETCD_ENDPOINTS=$ETCD_URL TWILL_IFACE=twe0 TWILL_LOG_LEVEL=debug TWILL_DNS_UPSTREAM=$DNS_IP \
 			state.source="$STATE/h$n/twill" docker-sock.source="/run/twe-h$n.sock" \
 			${TWE_PLUGIN_SETTINGS:-} >"$STATE/h$n/install.log" 2>&1 & pids+=($!)
 	done
@@ -291,7 +302,7 @@ down() {
 		kill_pids KILL $(host_pids "$n") $(pidof_file "$STATE/h$n/holder.pid") $(pidof_file "$STATE/h$n/dockerd.pid")
 	done
 	local ns
-	for ns in twe-etcd twe-reg; do
+	for ns in twe-etcd twe-reg twe-dns; do
 		# shellcheck disable=SC2046
 		kill_pids KILL $(ip netns pids $ns 2>/dev/null || true)
 	done
@@ -329,7 +340,7 @@ down() {
 
 status() {
 	local n ok=0 ns
-	for ns in twe-ul twe-etcd twe-reg; do
+	for ns in twe-ul twe-etcd twe-reg twe-dns; do
 		[ -e "/run/netns/$ns" ] || { echo "$ns: missing"; ok=1; }
 	done
 	alive "$(pidof_file "$STATE/etcd/pid")" && echo "etcd: $ETCD_URL" || { echo "etcd: not running"; ok=1; }
