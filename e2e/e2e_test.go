@@ -50,6 +50,7 @@ func TestTwill(t *testing.T) {
 		{"PublishLiveRestore", (*scenario).publishLiveRestore, false},
 		{"Compose", (*scenario).compose, false},
 		{"Names", (*scenario).names, false},
+		{"NamesLoad", (*scenario).namesLoad, false},
 		{"DockerdRestart", (*scenario).dockerdRestart, false},
 		{"FirewallIptables", (*scenario).firewallIptables, false},
 		{"FirewallNftables", (*scenario).firewallNftables, false},

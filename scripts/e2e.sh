@@ -15,7 +15,7 @@ cd "$ROOT"
 . scripts/lib.sh
 need_root "the e2e run"
 testbed_lock
-ensure_cmds ip nsenter dockerd containerd runc etcd etcdctl docker-registry busybox docker-compose iptables pkg-config
+ensure_cmds ip nsenter dockerd containerd runc etcd etcdctl docker-registry busybox docker-compose iptables pkg-config dnsperf
 command -v go >/dev/null || die "go is not installed"
 
 # TWILLD_BIN / TWILLCTL_BIN: test other binaries than bin/ (make e2e builds bin/ first)
