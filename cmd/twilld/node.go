@@ -228,6 +228,7 @@ func (n *node) follow(ctx context.Context) {
 		cfg, _ := n.leases.Config(l.Overlay)
 		switch {
 		case isEncrypted(cfg) && ev.Own && ev.Type == subnet.Removed:
+			n.names.remove(l.Overlay)
 			n.enc.leave(l.Overlay)
 			continue
 		case isEncrypted(cfg) && !ev.Own:

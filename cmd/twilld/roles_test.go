@@ -42,6 +42,10 @@ func TestMain(m *testing.M) {
 		os.Exit(roleMarker(os.Args[1:]))
 	case "wgreplay":
 		os.Exit(roleWGReplay(os.Args[1:]))
+	case "dnsupstream":
+		os.Exit(roleDNSUpstream(os.Args[1]))
+	case "dnsquery":
+		os.Exit(roleDNSQuery(os.Args[1], os.Args[2], os.Args[3]))
 	default:
 		fmt.Fprintln(os.Stderr, "unknown TWILL_TEST_ROLE")
 		os.Exit(2)
