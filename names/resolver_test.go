@@ -251,3 +251,20 @@ func TestResolverAddr(t *testing.T) {
 		t.Fatal("host addresses")
 	}
 }
+
+// Docker allows container names DNS cannot carry as one label (over 63
+// bytes): they are skipped, the record's other names still answer.
+func TestTableSkipsUnaskableNames(t *testing.T) {
+	long := strings.Repeat("x", 64)
+	tb := NewTable()
+	r := Record{Host: "h", Endpoint: "e", Network: "blue", Names: []string{long, "ok_name", "Mixed.Case"}, Addr: netip.MustParseAddr("10.96.3.3")}
+	tb.Put("k", r)
+	for name, want := range map[string]bool{"ok_name": true, "mixed.case": true, long: false} {
+		if _, known := tb.Lookup(r.Addr, false, name); known != want {
+			t.Errorf("%q known %v, want %v", name, known, want)
+		}
+	}
+	if _, ok := lookupName(long + ".blue"); ok {
+		t.Error("a 64-byte label was accepted")
+	}
+}
