@@ -34,7 +34,7 @@ func dnsperf(t *testing.T, h host, c string, seconds int, queries ...string) per
 	os.WriteFile(f, []byte(strings.Join(queries, "\n")+"\n"), 0o644)
 	pid := h.mustDocker(t, "inspect", "-f", "{{.State.Pid}}", c)
 	out, err := run(time.Duration(seconds+30)*time.Second, "nsenter", "-t", pid, "-n",
-		"dnsperf", "-s", resolver, "-d", f, "-l", strconv.Itoa(seconds), "-c", "4", "-q", "200", "-v")
+		"dnsperf", "-s", resolver, "-d", f, "-l", strconv.Itoa(seconds), "-c", "4", "-q", "100", "-Q", "25000", "-v")
 	if err != nil {
 		t.Fatalf("dnsperf: %v", err)
 	}

@@ -22,11 +22,24 @@ type Listener struct {
 	wg      sync.WaitGroup
 }
 
+// udpBuffer is the receive buffer of each UDP socket: room for a burst of
+// thousands of queries while the readers are descheduled.
+const udpBuffer = 4 << 20
+
 // reusePort lets several UDP sockets share the resolver's port, so that
-// the kernel spreads queries over one reader per CPU.
-func reusePort(_, _ string, c syscall.RawConn) error {
+// the kernel spreads queries over one reader per CPU, and gives each a
+// large receive buffer (past rmem_max with CAP_NET_ADMIN, else what the
+// kernel allows).
+func reusePort(network, _ string, c syscall.RawConn) error {
 	var serr error
-	err := c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1) })
+	err := c.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+		if network == "udp" || network == "udp4" || network == "udp6" {
+			if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, udpBuffer) != nil {
+				unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, udpBuffer)
+			}
+		}
+	})
 	return errors.Join(err, serr)
 }
 
