@@ -2,6 +2,7 @@ package names
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"slices"
@@ -68,6 +69,7 @@ func TestForwarder(t *testing.T) {
 	big := startUpstream(t, 60)
 	ctx := context.Background()
 	f := NewForwarder([]netip.AddrPort{big.addr}, time.Second)
+	defer f.Close()
 
 	q := query("example.org", dns.TypeA)
 	resp, err := f.Exchange(ctx, q, false)
@@ -101,6 +103,7 @@ func TestForwarderFailsOver(t *testing.T) {
 	defer dead.Close()
 	live := startUpstream(t, 1)
 	f := NewForwarder([]netip.AddrPort{dead.LocalAddr().(*net.UDPAddr).AddrPort(), live.addr}, 200*time.Millisecond)
+	defer f.Close()
 	t0 := time.Now()
 	resp, err := f.Exchange(context.Background(), query("example.org", dns.TypeA), false)
 	if err != nil || len(resp.Answer) != 1 {
@@ -120,6 +123,7 @@ func TestListenerEndToEnd(t *testing.T) {
 	up := startUpstream(t, 1)
 	r := &Resolver{Table: testTable(), Overlay: netip.MustParsePrefix("10.96.0.0/16"), TTL: 1, Stats: &Stats{},
 		Forward: NewForwarder([]netip.AddrPort{up.addr}, time.Second)}
+	defer r.Forward.(*Forwarder).Close()
 	l, err := Listen(netip.MustParseAddrPort("127.0.0.1:0"), r)
 	if err != nil {
 		t.Fatal(err)
@@ -149,6 +153,39 @@ func TestListenerEndToEnd(t *testing.T) {
 	}
 	if up.queries.Load() != 2 {
 		t.Fatalf("upstream saw %d queries, want 2", up.queries.Load())
+	}
+}
+
+// Many concurrent queries, all with the same client ID (two clients may
+// well pick one), share the forwarder's sockets: each gets its own answer.
+func TestForwarderConcurrent(t *testing.T) {
+	up := startUpstream(t, 1)
+	f := NewForwarder([]netip.AddrPort{up.addr}, 2*time.Second)
+	defer f.Close()
+	errs := make(chan error, 300)
+	for i := range 300 {
+		go func() {
+			q := query(fmt.Sprintf("n%d.example.org", i), dns.TypeA)
+			q.Id = 4242
+			resp, err := f.Exchange(context.Background(), q, false)
+			switch {
+			case err != nil:
+				errs <- err
+			case resp.Id != 4242 || resp.Question[0].Name != q.Question[0].Name:
+				errs <- fmt.Errorf("query %s got the answer to %s (id %d)", q.Question[0].Name, resp.Question[0].Name, resp.Id)
+			default:
+				errs <- nil
+			}
+		}()
+	}
+	for range 300 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.Close()
+	if _, err := f.Exchange(context.Background(), query("x.example.org", dns.TypeA), false); err == nil {
+		t.Fatal("a closed forwarder answered")
 	}
 }
 

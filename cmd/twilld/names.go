@@ -210,6 +210,7 @@ func (s *nameService) run(ctx context.Context) {
 	s.mu.Unlock()
 	<-ctx.Done()
 	s.wg.Wait()
+	s.fwd.Close()
 }
 
 func (s *nameService) isTwill(networkID string) bool {
