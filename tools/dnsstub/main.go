@@ -86,9 +86,10 @@ func serve(args []string) error {
 		}
 		w.WriteMsg(m)
 	})
-	errs := make(chan error, 2)
+	errs := make(chan error, 3)
 	var servers []*dns.Server
-	for _, netw := range []string{"udp", "tcp"} {
+	// two UDP sockets on one port (SO_REUSEPORT): one reader per CPU here
+	for _, netw := range []string{"udp", "udp", "tcp"} {
 		s := &dns.Server{Addr: *listen, Net: netw, Handler: h, ReusePort: netw == "udp"}
 		servers = append(servers, s)
 		go func() { errs <- s.ListenAndServe() }()
