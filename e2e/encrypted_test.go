@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // overlay3 is an encrypted overlay (flannel's wireguard backend).
@@ -67,6 +69,43 @@ func (s *scenario) encrypted(t *testing.T) {
 		t.Errorf("twillctl peers on %s lists %d encrypted peers with a handshake, want 2:\n%s", hosts()[0], handshakes, out)
 	}
 	t.Logf("twillctl peers on %s:\n%s", hosts()[0], out)
+	// The plugin on host 2 is killed: Docker restarts it, it comes back with
+	// the same key (state dir), and its peers reconnect.
+	h2 := hosts()[1]
+	key := func() string {
+		out, err := h2.twillctl("status")
+		if err != nil {
+			return ""
+		}
+		_, k, _ := strings.Cut(out, "public key ")
+		return strings.TrimSpace(strings.SplitN(k, "\n", 2)[0])
+	}
+	before := key()
+	old := h2.pluginPIDs()
+	if before == "" || len(old) != 1 {
+		t.Fatalf("%s: public key %q, twilld pids %v", h2, before, old)
+	}
+	if err := syscall.Kill(old[0], syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "twilld on "+h2.String()+" back with its encrypted overlay", func() error {
+		if p := h2.pluginPIDs(); len(p) != 1 || p[0] == old[0] {
+			return fmt.Errorf("twilld pids %v", p)
+		}
+		if k := key(); k != before {
+			return fmt.Errorf("public key %q, was %q", k, before)
+		}
+		return nil
+	})
+	eventually(t, 20*time.Second, "encrypted peers reconnect after the restart", func() error {
+		if failed := pings(t, green[0], []netip.Addr{green[1].ip}); len(failed) > 0 {
+			return fmt.Errorf("%s cannot ping %s", green[0], green[1])
+		}
+		if failed := pings(t, green[1], []netip.Addr{green[2].ip}); len(failed) > 0 {
+			return fmt.Errorf("%s cannot ping %s", green[1], green[2])
+		}
+		return nil
+	})
 	// Never forwarded between the encrypted and the plain overlay.
 	blue := map[string]ctr{}
 	for _, c := range s.cs {
