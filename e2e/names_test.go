@@ -148,6 +148,24 @@ func (s *scenario) names(t *testing.T) {
 	d = untilAnswer(t, h2, "nm-cli", "nmweb", both, 5*time.Second)
 	t.Logf("docker start on h1: back in h2's answers after %v", d)
 
+	// Renamed, disconnected, connected again: right on h2 within 2 s each.
+	h3.mustDocker(t, "rename", "nm-web3", "nm-web3b")
+	t.Cleanup(func() { h3.docker("rm", "-f", "nm-web3b") })
+	d = untilAnswer(t, h2, "nm-cli", "nm-web3b", []string{web3}, 2*time.Second)
+	if got, err := lookup(h2, "nm-cli", "nm-web3"); err == nil {
+		t.Errorf("the old name nm-web3 still resolves after the rename: %v", got)
+	}
+	t.Logf("docker rename on h3: the new name resolved on h2 after %v", d)
+	h3.mustDocker(t, "network", "disconnect", "blue", "nm-web3b")
+	d = untilAnswer(t, h2, "nm-cli", "nmweb", []string{web1}, 2*time.Second)
+	t.Logf("docker network disconnect on h3: gone from h2's answers after %v", d)
+	h3.mustDocker(t, "network", "connect", "--alias", "nmweb", "blue", "nm-web3b")
+	web3 = inspectIP(t, h3, "nm-web3b", "blue").String()
+	both = []string{web1, web3}
+	slices.Sort(both)
+	d = untilAnswer(t, h2, "nm-cli", "nmweb", both, 2*time.Second)
+	t.Logf("docker network connect on h3: back in h2's answers after %v", d)
+
 	// A host that dies (its twilld frozen: no more keepalives) loses its
 	// names within 15 s; thawed, it publishes them again.
 	pids := h3.pluginPIDs()
