@@ -223,28 +223,41 @@ func (m *udpMux) exchange(q *dns.Msg, deadline time.Time) (*dns.Msg, error) {
 		forget()
 		return nil, err
 	}
+	// UDP loses datagrams (a full socket buffer on a busy upstream): like a
+	// stub resolver, send the same query once more when a third of the
+	// time has passed without an answer. The answer to either goes to ch;
+	// a second one finds no waiter and is dropped by read.
+	resend := time.NewTimer(time.Until(deadline) / 3)
+	defer resend.Stop()
 	t := time.NewTimer(time.Until(deadline))
 	defer t.Stop()
-	select {
-	case b := <-ch:
-		resp := new(dns.Msg)
-		if err := resp.Unpack(b); err != nil {
-			if len(b) > 2 && b[2]&0x02 != 0 { // TC: a truncated answer may not unpack whole
-				resp = new(dns.Msg)
-				resp.SetReply(q)
-				resp.Truncated = true
-				return resp, nil
-			}
-			return nil, fmt.Errorf("unpacking the answer: %w", err)
+	var b []byte
+wait:
+	for {
+		select {
+		case b = <-ch:
+			break wait
+		case <-resend.C:
+			m.conn.Write(wire) // a failure here leaves the first try to time out
+		case <-t.C:
+			forget()
+			return nil, errors.New("timeout")
 		}
-		if len(resp.Question) != len(q.Question) || (len(q.Question) > 0 && !strings.EqualFold(resp.Question[0].Name, q.Question[0].Name)) {
-			return nil, errors.New("answer to another question")
-		}
-		return resp, nil
-	case <-t.C:
-		forget()
-		return nil, errors.New("timeout")
 	}
+	resp := new(dns.Msg)
+	if err := resp.Unpack(b); err != nil {
+		if len(b) > 2 && b[2]&0x02 != 0 { // TC: a truncated answer may not unpack whole
+			resp = new(dns.Msg)
+			resp.SetReply(q)
+			resp.Truncated = true
+			return resp, nil
+		}
+		return nil, fmt.Errorf("unpacking the answer: %w", err)
+	}
+	if len(resp.Question) != len(q.Question) || (len(q.Question) > 0 && !strings.EqualFold(resp.Question[0].Name, q.Question[0].Name)) {
+		return nil, errors.New("answer to another question")
+	}
+	return resp, nil
 }
 
 func (f *Forwarder) tcp(ctx context.Context, up netip.AddrPort, q *dns.Msg) (*dns.Msg, error) {
