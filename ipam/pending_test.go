@@ -35,6 +35,17 @@ func refCounts(p *IPAM) map[string][2]int {
 	return out
 }
 
+// mustBeEmpty fails unless p holds no pool, in memory or on disk.
+func mustBeEmpty(t *testing.T, p *IPAM, st *store.Memory) {
+	t.Helper()
+	if n := len(refCounts(p)); n != 0 {
+		t.Fatalf("%d pools kept", n)
+	}
+	if s := snapshot(t, st); len(s) != 0 {
+		t.Fatalf("store holds %v", s)
+	}
+}
+
 func releasePool(t *testing.T, p *IPAM, id string) {
 	t.Helper()
 	if err := p.ReleasePool(context.Background(), &ipamapi.ReleasePoolRequest{PoolID: id}); err != nil {
@@ -54,12 +65,7 @@ func TestRequestPoolWithoutSubnetLoopKeepsNothing(t *testing.T) {
 			t.Fatalf("RequestPool without --subnet: %v", err)
 		}
 	}
-	if n := len(refCounts(p)); n != 0 {
-		t.Fatalf("%d pools kept", n)
-	}
-	if s := snapshot(t, st); len(s) != 0 {
-		t.Fatalf("store holds %v", s)
-	}
+	mustBeEmpty(t, p, st)
 }
 
 // The same explicit request repeated without a network is bounded, then
@@ -118,12 +124,7 @@ func TestCancelledRequestPoolLeavesNothing(t *testing.T) {
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("cancelled RequestPool: %v", err)
 	}
-	if n := len(refCounts(p)); n != 0 {
-		t.Fatalf("%d pools kept", n)
-	}
-	if s := snapshot(t, st); len(s) != 0 {
-		t.Fatalf("store holds %v", s)
-	}
+	mustBeEmpty(t, p, st)
 }
 
 // Any mix of abandoned creates, a refused second network and a full network
