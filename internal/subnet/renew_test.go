@@ -14,7 +14,9 @@ var t0 = time.Date(2026, 11, 29, 0, 0, 0, 0, time.UTC)
 // waitTimer waits until the fake clock has a timer due within d.
 func waitTimer(t *testing.T, c *FakeClock, d time.Duration) {
 	t.Helper()
-	waitFor(t, 10*time.Second, "a timer within "+d.String(), func() bool {
+	// 30 s: once in CI (go test -p 1 ./..., 2 cores) the retry after a cut
+	// took longer than 10 s to be armed; a slow gRPC give-up, not a hang.
+	waitFor(t, 30*time.Second, "a timer within "+d.String(), func() bool {
 		p := c.Pending()
 		return len(p) > 0 && p[0] <= d
 	})
