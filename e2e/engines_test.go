@@ -131,8 +131,9 @@ func runWeb(t *testing.T, h host, name, publish string) {
 // publishLiveRestore: a -p port stays published while host 1's dockerd
 // restarts with live-restore (the container keeps running; Docker 29 keeps
 // which endpoints it told the driver about only in memory), a new -p
-// container publishes after the restart, a second network connects to the
-// restored container, and removing it frees its port.
+// container publishes after the restart and is found by name from host 2, a
+// second network connects to the restored container, and removing it frees
+// its port.
 func (s *scenario) publishLiveRestore(t *testing.T) {
 	h1, h2 := hosts()[0], hosts()[1]
 	live := func(on bool) func(string) bool {
@@ -162,6 +163,13 @@ func (s *scenario) publishLiveRestore(t *testing.T) {
 
 	runWeb(t, h1, "h1-lr2", "8082:80")
 	eventually(t, 15*time.Second, "a port published after the restart", func() error { return fetch(h2, url(8082)) })
+	// The plugin kept running across the restart, dockerd made a new API
+	// socket: twilld must follow the new dockerd for names (a mount of the
+	// old socket file would leave h1's names frozen).
+	h2.mustDocker(t, runArgs("lr-cli", "blue", "--dns", resolver)...)
+	defer h2.docker("rm", "-f", "lr-cli")
+	d := untilAnswer(t, h2, "lr-cli", "h1-lr2", []string{inspectIP(t, h1, "h1-lr2", "blue").String()}, 2*time.Second)
+	t.Logf("h1-lr2, started on h1 after its live-restore restart, resolved on h2 %v later", d)
 
 	h1.mustDocker(t, "network", "create", "-d", driver, "--ipam-driver", driver, "--subnet", "10.98.0.0/16", "green")
 	if out, err := h1.docker("network", "connect", "green", "h1-lr1"); err != nil {

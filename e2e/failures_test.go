@@ -317,7 +317,7 @@ func (s *scenario) badInput(t *testing.T) {
 			os.MkdirAll(state, 0o755)
 			// install enables the plugin, as a user's install does
 			args := append([]string{"plugin", "install", "--grant-all-permissions", "--alias", alias, ref,
-				"state.source=" + state, "docker-sock.source=/run/twe-h3.sock", "TWILL_METRICS_ADDR="}, c.settings...)
+				"state.source=" + state, "docker-run.source=/run", "TWILL_DOCKER_SOCKET=/host-run/twe-h3.sock", "TWILL_METRICS_ADDR="}, c.settings...)
 			defer h3.docker("plugin", "rm", "-f", alias+":latest")
 			checkBad(t, h3, alias+":latest", c.want, args...)
 		})
@@ -343,7 +343,7 @@ func (s *scenario) badInput(t *testing.T) {
 		defer h3.docker("plugin", "rm", "-f", name)
 		state := filepath.Join(h3.dir(), "twbadtun")
 		os.MkdirAll(state, 0o755)
-		h3.mustDocker(t, "plugin", "set", name, "state.source="+state, "docker-sock.source=/run/twe-h3.sock",
+		h3.mustDocker(t, "plugin", "set", name, "state.source="+state, "docker-run.source=/run", "TWILL_DOCKER_SOCKET=/host-run/twe-h3.sock",
 			"ETCD_ENDPOINTS="+etcdURL, "TWILL_IFACE=twe0", "TWILL_METRICS_ADDR=")
 		checkBad(t, h3, name, []string{"/dev/net/tun"}, "plugin", "enable", name)
 	})

@@ -81,7 +81,7 @@ func (s *scenario) upgradeAndSet(t *testing.T) {
 	// sources ("error mounting /var/lib/twill ... no such file"): a host
 	// whose state lives elsewhere sets the sources again, as the README says.
 	t.Logf("after upgrade: %s", strings.TrimSpace(h2.mustDocker(t, "plugin", "inspect", "-f", "mounts {{range .Settings.Mounts}}{{.Name}}={{.Source}} {{end}}env {{.Settings.Env}}", driver)))
-	h2.mustDocker(t, "plugin", "set", driver, "state.source="+filepath.Join(h2.dir(), "twill"), fmt.Sprintf("docker-sock.source=/run/twe-h%d.sock", h2.n))
+	h2.mustDocker(t, "plugin", "set", driver, "state.source="+filepath.Join(h2.dir(), "twill"), "docker-run.source=/run")
 	h2.mustDocker(t, "plugin", "enable", driver)
 	enabled = true
 

@@ -250,7 +250,7 @@ up_inner() {
 		# shellcheck disable=SC2086
 		dk "$n" plugin install --grant-all-permissions --alias twill "$PLUGIN_REF" \
 			ETCD_ENDPOINTS=$ETCD_URL TWILL_IFACE=twe0 TWILL_LOG_LEVEL=debug TWILL_DNS_UPSTREAM=$DNS_IP \
-			state.source="$STATE/h$n/twill" docker-sock.source="/run/twe-h$n.sock" \
+			state.source="$STATE/h$n/twill" docker-run.source=/run TWILL_DOCKER_SOCKET="/host-run/twe-h$n.sock" \
 			${TWE_PLUGIN_SETTINGS:-} >"$STATE/h$n/install.log" 2>&1 & pids+=($!)
 	done
 	local failed=0

@@ -73,7 +73,7 @@ var settings = []setting{
 	{"TWILL_SUBNET_ENV", "subnet-env", "/run/flannel/subnet.env", "where to write flannel's subnet.env; empty = do not write"},
 	{"TWILL_CONTROL_SOCKET", "control-socket", "", "twillctl's socket; empty = <state-dir>/twill-ctl.sock"},
 	{"TWILL_METRICS_ADDR", "metrics-addr", "127.0.0.1:9586", "Prometheus /metrics listen address; empty = off"},
-	{"TWILL_DOCKER_SOCKET", "docker-socket", "/run/docker.sock", "dockerd's API socket, read once after a start to remove networks deleted while twill was down; empty = off"},
+	{"TWILL_DOCKER_SOCKET", "docker-socket", "/run/docker.sock", "dockerd's API socket: read after a start to remove networks deleted while twill was down, and followed for names across hosts (a managed plugin's is /host-run/docker.sock, in its docker-run mount); empty = off"},
 	{"TWILL_NAMES", "names", "on", "names across hosts: a resolver on each overlay's fixed address (e.g. 10.96.0.53) answering containers' names from every host; on or off"},
 	{"TWILL_DNS_UPSTREAM", "dns-upstream", "", "resolvers the names resolver forwards other names to, comma-separated IP[:PORT]; empty = the nameservers of the host's /etc/resolv.conf"},
 	{"TWILL_ORPHAN_AGE", "orphan-age", "2m", "an address handed out this long ago that no container uses is given back (a crash lost its answer)"},

@@ -24,6 +24,7 @@ import (
 // for containers the test declares.
 type fakeDockerd struct {
 	sock   string
+	srv    *http.Server
 	mu     sync.Mutex
 	ctrs   map[string]map[string]any // id -> inspect JSON
 	events chan string               // container IDs
@@ -31,14 +32,30 @@ type fakeDockerd struct {
 
 func newFakeDockerd(t *testing.T) *fakeDockerd {
 	f := &fakeDockerd{sock: filepath.Join(t.TempDir(), "docker.sock"), ctrs: map[string]map[string]any{}, events: make(chan string, 16)}
+	f.listen(t)
+	t.Cleanup(func() { f.srv.Close() })
+	return f
+}
+
+func (f *fakeDockerd) listen(t *testing.T) {
 	ln, err := net.Listen("unix", f.sock)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: http.HandlerFunc(f.serve)}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	return f
+	f.srv = &http.Server{Handler: http.HandlerFunc(f.serve)}
+	go f.srv.Serve(ln)
+}
+
+// restart stops serving (the socket file goes, as when dockerd exits),
+// runs change while no dockerd answers, then serves again on a new socket
+// at the same path: what twilld sees must come from its resync alone.
+func (f *fakeDockerd) restart(t *testing.T, change func()) {
+	f.srv.Close()
+	if _, err := os.Stat(f.sock); !os.IsNotExist(err) {
+		t.Fatalf("the fake dockerd's socket is still there after it stopped: %v", err)
+	}
+	change()
+	f.listen(t)
 }
 
 func (f *fakeDockerd) serve(w http.ResponseWriter, r *http.Request) {
@@ -89,16 +106,21 @@ func (f *fakeDockerd) serve(w http.ResponseWriter, r *http.Request) {
 // set declares container id (running with c on network, or gone when c is
 // the zero Container) and sends its event.
 func (f *fakeDockerd) set(id, name, network, networkID string, c testbed.Container, aliases ...string) {
+	f.declare(id, name, network, networkID, c, aliases...)
+	f.events <- id
+}
+
+// declare is set without the event.
+func (f *fakeDockerd) declare(id, name, network, networkID string, c testbed.Container, aliases ...string) {
 	f.mu.Lock()
+	defer f.mu.Unlock()
 	if c.Endpoint == "" {
 		delete(f.ctrs, id)
-	} else {
-		f.ctrs[id] = map[string]any{"Id": id, "Name": "/" + name, "State": map[string]any{"Running": true},
-			"NetworkSettings": map[string]any{"Networks": map[string]any{network: map[string]any{
-				"NetworkID": networkID, "EndpointID": c.Endpoint, "IPAddress": c.Addr.Addr().String(), "Aliases": aliases}}}}
+		return
 	}
-	f.mu.Unlock()
-	f.events <- id
+	f.ctrs[id] = map[string]any{"Id": id, "Name": "/" + name, "State": map[string]any{"Running": true},
+		"NetworkSettings": map[string]any{"Networks": map[string]any{network: map[string]any{
+			"NetworkID": networkID, "EndpointID": c.Endpoint, "IPAddress": c.Addr.Addr().String(), "Aliases": aliases}}}}
 }
 
 // roleDNSUpstream answers the zone twe. on addr (UDP and TCP): www.twe A
@@ -221,6 +243,21 @@ func TestNamesAcrossHosts(t *testing.T) {
 	t.Logf("stopped web left h2's answers after %v", d.Round(time.Millisecond))
 	d1.set("c-web", "proj-web-1", "blue", h1.net.ID, web, "web")
 	untilQuery(t, cli.NS, "web", wantWeb, 2*time.Second)
+
+	// h1's dockerd restarts with its containers changed meanwhile (web
+	// gone, web2 started), as after a live-restore restart where twilld
+	// keeps running: the new socket is followed and nothing stale stays.
+	web2 := c.container(h1, "twkn-web2")
+	t0 = time.Now()
+	d1.restart(t, func() {
+		d1.declare("c-web", "", "", "", testbed.Container{})
+		d1.declare("c-web2", "proj-web-2", "blue", h1.net.ID, web2, "web")
+	})
+	untilQuery(t, cli.NS, "web", "NOERROR "+web2.Addr.Addr().String(), 5*time.Second)
+	if got := dnsQuery(cli.NS, "udp", "proj-web-1"); got != "NXDOMAIN" {
+		t.Errorf("proj-web-1, gone while h1's dockerd was down, still answers on h2: %q", got)
+	}
+	t.Logf("h1's dockerd restarted: h2 answers its new containers %v later", time.Since(t0).Round(time.Millisecond))
 
 	// h1 dies: its names vanish on h2 within 15 s.
 	h1.proc.Kill()
