@@ -1,8 +1,10 @@
 package names
 
 import (
+	"net"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/miekg/dns"
 )
@@ -38,6 +40,42 @@ func BenchmarkTable10k(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
 			tb.Lookup(src, false, "svc7")
+		}
+	})
+}
+
+// BenchmarkForwardUDP is one forwarded UDP query end to end on loopback:
+// client, resolver, forwarder, upstream, back (all in this process; its CPU
+// profile tells the resolver's and forwarder's share).
+func BenchmarkForwardUDP(b *testing.B) {
+	up := startUpstream(b, 1)
+	r := &Resolver{Table: testTable(), Overlay: netip.MustParsePrefix("10.96.0.0/16"), TTL: 1, Stats: &Stats{},
+		IsHost: func(netip.Addr) bool { return true },
+		Forward: NewForwarder([]netip.AddrPort{up.addr}, time.Second)}
+	defer r.Forward.(*Forwarder).Close()
+	l, err := Listen(netip.MustParseAddrPort("127.0.0.1:0"), r)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	b.ReportAllocs()
+	b.SetParallelism(8)
+	b.RunParallel(func(pb *testing.PB) {
+		c, err := net.Dial("udp", l.Addr.String())
+		if err != nil {
+			b.Error(err)
+			return
+		}
+		defer c.Close()
+		q, _ := query("example.org", dns.TypeA).Pack()
+		buf := make([]byte, 512)
+		for pb.Next() {
+			c.Write(q)
+			c.SetReadDeadline(time.Now().Add(2 * time.Second))
+			if _, err := c.Read(buf); err != nil {
+				b.Error(err)
+				return
+			}
 		}
 	})
 }

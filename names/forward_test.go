@@ -23,7 +23,7 @@ type upstream struct {
 	sawEDNS atomic.Int64
 }
 
-func startUpstream(t *testing.T, n int) *upstream {
+func startUpstream(t testing.TB, n int) *upstream {
 	t.Helper()
 	u := &upstream{n: n}
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
