@@ -228,6 +228,9 @@ func parseConfig(args []string, env func(string) (string, bool), usage io.Writer
 			c.PluginName = "twill:latest"
 		}
 	}
+	if os.Getpid() == 1 {
+		c.DockerSocket = upgradedPluginSocket(c.DockerSocket, func(p string) bool { _, err := os.Stat(p); return err == nil })
+	}
 	switch get["names"] {
 	case "on":
 		c.Names = true
@@ -266,4 +269,22 @@ func joinLines(errs []error) error {
 		msgs[i] = e.Error()
 	}
 	return errors.New(strings.Join(msgs, "\n  "))
+}
+
+// The managed plugin's dockerd socket, in its docker-run mount of the
+// host's /run. Plugins installed before that mount mounted the socket file
+// itself at /run/docker.sock, and `docker plugin upgrade` keeps their
+// TWILL_DOCKER_SOCKET=/run/docker.sock.
+const (
+	pluginDockerSocket    = "/host-run/docker.sock"
+	oldPluginDockerSocket = "/run/docker.sock"
+)
+
+// upgradedPluginSocket is the socket a managed plugin follows: the old
+// default moves to the docker-run mount when only that one exists.
+func upgradedPluginSocket(sock string, exists func(string) bool) string {
+	if sock == oldPluginDockerSocket && !exists(sock) && exists(pluginDockerSocket) {
+		return pluginDockerSocket
+	}
+	return sock
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"io"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -84,5 +85,28 @@ func TestConfigReportsEveryProblemAtOnce(t *testing.T) {
 	_, err := parseConfig(nil, envOf(map[string]string{"TWILL_PORT": "x", "TWILL_MTU": "x"}), io.Discard)
 	if err == nil || !strings.Contains(err.Error(), "TWILL_PORT") || !strings.Contains(err.Error(), "TWILL_MTU") {
 		t.Fatalf("error %v should name both settings", err)
+	}
+}
+
+// A plugin upgraded from a version that mounted the socket file keeps
+// TWILL_DOCKER_SOCKET=/run/docker.sock; it follows the docker-run mount's
+// socket when only that exists, and any other setting stays as set.
+func TestUpgradedPluginSocket(t *testing.T) {
+	for _, c := range []struct {
+		sock  string
+		exist []string
+		want  string
+	}{
+		{"/run/docker.sock", []string{pluginDockerSocket}, pluginDockerSocket},
+		{"/run/docker.sock", []string{"/run/docker.sock", pluginDockerSocket}, "/run/docker.sock"},
+		{"/run/docker.sock", nil, "/run/docker.sock"},
+		{pluginDockerSocket, []string{pluginDockerSocket}, pluginDockerSocket},
+		{"/host-run/other.sock", []string{pluginDockerSocket}, "/host-run/other.sock"},
+		{"", []string{pluginDockerSocket}, ""},
+	} {
+		exists := func(p string) bool { return slices.Contains(c.exist, p) }
+		if got := upgradedPluginSocket(c.sock, exists); got != c.want {
+			t.Errorf("socket %q with %v present: %q, want %q", c.sock, c.exist, got, c.want)
+		}
 	}
 }
