@@ -146,6 +146,26 @@ func (s *scenario) containers(t *testing.T) {
 // hostView: every host holds its lease as flanneld does: twill0 with the
 // subnet's first address as /32, the overlay routed to twill0, subnet.env.
 func (s *scenario) hostView(t *testing.T) {
+	// TWILL_DATAPATH=auto: the kernel datapath on NIC-like veths, the TUN
+	// path on plain ones (their unfinished checksums; datapath/kernel).
+	want := "tun"
+	if os.Getenv("TWE_UNDERLAY") == "nic" {
+		want = "kernel"
+	}
+	for _, h := range hosts() {
+		out, err := h.twillctl("status")
+		path := ""
+		for _, l := range strings.Split(out, "\n") {
+			if f := strings.Fields(l); len(f) >= 2 && f[0] == "datapath" {
+				path = f[1]
+			}
+		}
+		if err != nil || path != want {
+			t.Errorf("%s: datapath %q, want %q (TWE_UNDERLAY=%q): %v\n%s", h, path, want, os.Getenv("TWE_UNDERLAY"), err, out)
+		} else if h.n == 1 {
+			t.Logf("datapath on every host: %s", strings.TrimSpace(strings.TrimPrefix(strings.SplitN(out[strings.Index(out, "datapath"):], "\n", 2)[0], "datapath")))
+		}
+	}
 	for _, h := range hosts() {
 		sub := s.subnets[h.n]
 		addr, err := h.sh(10*time.Second, "ip", "-4", "-o", "addr", "show", "dev", "twill0")

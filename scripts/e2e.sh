@@ -6,8 +6,12 @@
 # It runs once per Docker engine, one after the other: Debian's docker.io 20.10
 # and the current engine scripts/engine.sh builds from the Go module proxy
 # (built on first use, about 10 minutes); TWILL_ENGINE=debian or =current picks one.
+# Each engine runs a different datapath, both chosen by TWILL_DATAPATH=auto as
+# on a user's host: Debian's on plain veths (checksum offload on, so auto takes
+# the TUN path), the current engine's with NIC-like veths (TWE_UNDERLAY=nic:
+# auto takes the kernel datapath). The HostView step checks which one runs.
 # Env: TWILL_E2E_RUN (go test -run pattern), TWILL_E2E_KEEP=1 (leave the testbed up),
-# TWILL_ENGINE (both when unset).
+# TWILL_ENGINE (both when unset), TWE_UNDERLAY (veth or nic, for every engine).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -41,12 +45,13 @@ done
 summary=() failed=()
 for e in $engines; do
 	t0=$(date +%s)
-	say "go test ./e2e on engine $e (3 hosts; about 3-5 minutes)"
-	if (use_engine "$e" && say "engine $e: $(dockerd --version), CLI $("$DOCKER" --version)" &&
+	underlay=${TWE_UNDERLAY:-$([ "$e" = current ] && echo nic || echo veth)}
+	say "go test ./e2e on engine $e, underlay $underlay (3 hosts; about 3-5 minutes)"
+	if (use_engine "$e" && export TWE_UNDERLAY=$underlay && say "engine $e: $(dockerd --version), CLI $("$DOCKER" --version)" &&
 		TWILL_E2E=1 go test -count=1 -v -timeout 15m ${TWILL_E2E_RUN:+-run "$TWILL_E2E_RUN"} ./e2e/); then
-		summary+=("$e: passed in $(($(date +%s) - t0)) s")
+		summary+=("$e ($underlay underlay): passed in $(($(date +%s) - t0)) s")
 	else
-		summary+=("$e: FAILED after $(($(date +%s) - t0)) s")
+		summary+=("$e ($underlay underlay): FAILED after $(($(date +%s) - t0)) s")
 		failed+=("$e")
 	fi
 	[ "${TWILL_E2E_KEEP:-}" = 1 ] || bash scripts/testbed.sh down >/dev/null 2>&1 || true

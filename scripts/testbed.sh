@@ -24,6 +24,8 @@
 #                   standing in for the internet's; never the machine's resolvers
 # Env: TWE_HOSTS (3), TWE_STATE (/var/lib/twe), TWE_BUNDLE (plugin bundle dir),
 # TWE_PLUGIN_SETTINGS (extra KEY=VALUE for `docker plugin install`),
+# TWE_UNDERLAY (veth, or nic: the hosts' twe0 with transmit checksum offload
+# off, so the kernel datapath runs),
 # TWE_LOGS (where `down` keeps the logs, /tmp/twe-logs),
 # TWILL_ENGINE (debian: Debian's docker.io 20.10, the default; current: the
 # engine scripts/engine.sh builds; `up` records it, later commands use that one).
@@ -88,6 +90,10 @@ member() {
 	ip -n twe-ul link add "$port" type veth peer name twe0 netns "$ns"
 	ip -n twe-ul link set "$port" master twe-br0 up
 	ip -n "$ns" addr add "$ip/24" dev twe0
+	# TWE_UNDERLAY=nic: the veth finishes checksums and segments like a NIC
+	# (a veth passes them on unfinished by default), so the kernel datapath
+	# is usable with TUN-path peers and TWILL_DATAPATH=auto picks it.
+	if [ "${TWE_UNDERLAY:-veth}" = nic ]; then ip netns exec "$ns" ethtool -K twe0 tx off >/dev/null; fi
 	ip -n "$ns" link set twe0 up
 	ip -n "$ns" route add default via $NET.254
 	ip netns exec "$ns" sysctl -qw net.ipv4.ip_forward=1
