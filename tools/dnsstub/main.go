@@ -13,6 +13,8 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"net"
@@ -23,6 +25,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"golang.org/x/sys/unix"
 )
 
 func main() {
@@ -51,49 +54,34 @@ func serve(args []string) error {
 	zone := fs.String("zone", "twe.", "the zone answered")
 	fs.Parse(args)
 	z := dns.Fqdn(strings.ToLower(*zone))
-	h := dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
-		m := new(dns.Msg)
-		m.SetReply(q)
-		m.RecursionAvailable = true
-		if len(q.Question) != 1 {
-			m.Rcode = dns.RcodeFormatError
-			w.WriteMsg(m)
-			return
-		}
-		qn := strings.ToLower(q.Question[0].Name)
-		switch {
-		case !dns.IsSubDomain(z, qn):
-			m.Rcode = dns.RcodeNameError
-		case q.Question[0].Qtype != dns.TypeA:
-		case qn == "www."+z:
-			m.Answer = append(m.Answer, a(q.Question[0].Name, "198.51.100.80"))
-		case qn == "big."+z:
-			for i := 1; i <= 60; i++ {
-				m.Answer = append(m.Answer, a(q.Question[0].Name, fmt.Sprintf("198.51.100.%d", 100+i)))
-			}
-		default:
-			m.Answer = append(m.Answer, a(q.Question[0].Name, "198.51.100.1"))
-		}
-		if o := q.IsEdns0(); o != nil {
-			m.SetEdns0(o.UDPSize(), false)
-		}
-		if _, udp := w.RemoteAddr().(*net.UDPAddr); udp {
-			size := dns.MinMsgSize
-			if o := q.IsEdns0(); o != nil {
-				size = max(int(o.UDPSize()), dns.MinMsgSize)
-			}
-			m.Truncate(size)
-		}
-		w.WriteMsg(m)
-	})
 	errs := make(chan error, 3)
-	var servers []*dns.Server
-	// two UDP sockets on one port (SO_REUSEPORT): one reader per CPU here
-	for _, netw := range []string{"udp", "udp", "tcp"} {
-		s := &dns.Server{Addr: *listen, Net: netw, Handler: h, ReusePort: netw == "udp"}
-		servers = append(servers, s)
-		go func() { errs <- s.ListenAndServe() }()
+	// UDP: two sockets on one port (SO_REUSEPORT), each read by one loop
+	// that answers in place, with no goroutine or allocation per query
+	// beyond the library's parsing: the stub stands in for resolvers on
+	// other machines, so it should take as little of this one's CPU as it can.
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+		})
+		if err != nil {
+			return err
+		}
+		return serr
+	}}
+	var closers []func() error
+	for range 2 {
+		pc, err := lc.ListenPacket(context.Background(), "udp", *listen)
+		if err != nil {
+			return err
+		}
+		closers = append(closers, pc.Close)
+		go func() { errs <- serveUDP(pc.(*net.UDPConn), z) }()
 	}
+	h := dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) { w.WriteMsg(answer(q, z, false)) })
+	tcp := &dns.Server{Addr: *listen, Net: "tcp", Handler: h}
+	go func() { errs <- tcp.ListenAndServe() }()
+	closers = append(closers, tcp.Shutdown)
 	fmt.Fprintf(os.Stderr, "dnsstub: answering zone %s on %s (udp, tcp)\n", z, *listen)
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
@@ -101,15 +89,79 @@ func serve(args []string) error {
 	case err := <-errs:
 		return err
 	case <-sig:
-		for _, s := range servers {
-			s.Shutdown()
+		for _, c := range closers {
+			c()
 		}
 		return nil
 	}
 }
 
-func a(name, ip string) dns.RR {
-	return &dns.A{Hdr: dns.RR_Header{Name: name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.ParseIP(ip).To4()}
+// serveUDP answers the queries arriving on c until it is closed; what does
+// not parse as a DNS query gets no answer.
+func serveUDP(c *net.UDPConn, zone string) error {
+	in := make([]byte, dns.MaxMsgSize)
+	out := make([]byte, dns.MaxMsgSize)
+	var q dns.Msg
+	for {
+		n, from, err := c.ReadFromUDPAddrPort(in)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return err
+		}
+		if q.Unpack(in[:n]) != nil || q.Response {
+			continue
+		}
+		b, err := answer(&q, zone, true).PackBuffer(out)
+		if err != nil {
+			continue
+		}
+		c.WriteToUDPAddrPort(b, from)
+	}
+}
+
+var (
+	wwwAddr   = net.IPv4(198, 51, 100, 80).To4()
+	otherAddr = net.IPv4(198, 51, 100, 1).To4()
+)
+
+// answer is the zone's reply to q, truncated to what a UDP client accepts.
+func answer(q *dns.Msg, z string, udp bool) *dns.Msg {
+	m := new(dns.Msg)
+	m.SetReply(q)
+	m.RecursionAvailable = true
+	if len(q.Question) != 1 {
+		m.Rcode = dns.RcodeFormatError
+		return m
+	}
+	qn := strings.ToLower(q.Question[0].Name)
+	switch {
+	case !dns.IsSubDomain(z, qn):
+		m.Rcode = dns.RcodeNameError
+	case q.Question[0].Qtype != dns.TypeA:
+	case qn == "www."+z:
+		m.Answer = append(m.Answer, a(q.Question[0].Name, wwwAddr))
+	case qn == "big."+z:
+		for i := 1; i <= 60; i++ {
+			m.Answer = append(m.Answer, a(q.Question[0].Name, net.IPv4(198, 51, 100, byte(100+i)).To4()))
+		}
+	default:
+		m.Answer = append(m.Answer, a(q.Question[0].Name, otherAddr))
+	}
+	size := dns.MinMsgSize
+	if o := q.IsEdns0(); o != nil {
+		m.SetEdns0(o.UDPSize(), false)
+		size = max(int(o.UDPSize()), dns.MinMsgSize)
+	}
+	if udp {
+		m.Truncate(size)
+	}
+	return m
+}
+
+func a(name string, ip net.IP) dns.RR {
+	return &dns.A{Hdr: dns.RR_Header{Name: name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: ip}
 }
 
 func query(args []string) error {
