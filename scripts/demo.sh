@@ -16,6 +16,7 @@ cd "$ROOT"
 . scripts/lib.sh
 TB=scripts/testbed.sh
 NET=twill
+RESOLVER=10.96.0.53 # twill's resolver on the default overlay 10.96.0.0/16 (network + 53)
 HOSTS=3
 export TWE_HOSTS=$HOSTS
 STATE=${TWE_STATE:-/var/lib/twe}
@@ -52,7 +53,7 @@ up() {
 		for c in a b; do
 			dk "$n" inspect "h$n-$c" >/dev/null 2>&1 ||
 				dk "$n" run -d --pull=never --init --restart unless-stopped --name "h$n-$c" --hostname "h$n-$c" \
-					--network $NET twe-busybox:latest sleep 1000000 >/dev/null
+					--network $NET --dns $RESOLVER twe-busybox:latest sleep 1000000 >/dev/null
 		done
 	done
 	say "6/6 report"
@@ -62,6 +63,7 @@ up() {
 		The demo keeps running. Try:
 		  DOCKER_HOST=unix:///run/twe-h1.sock $DOCKER ps
 		  DOCKER_HOST=unix:///run/twe-h2.sock $DOCKER exec h2-a ping -c3 $(cip 1 h1-a)
+		  DOCKER_HOST=unix:///run/twe-h2.sock $DOCKER exec h2-a nslookup h3-b
 		  bin/twillctl --socket /var/lib/twe/h1/twill/twill-ctl.sock peers
 		  scripts/testbed.sh etcdctl get --prefix /coreos.com/network/subnets/
 		Remove it with: make demo-down
@@ -100,6 +102,20 @@ report() {
 		# one exec per source: ping every other container
 		local res
 		res=$(dk "$n" exec "$src" sh -c "for ip in ${ips[*]}; do if [ \$ip = ${ips[$i]} ]; then echo -; elif ping -c1 -W2 \$ip >/dev/null 2>&1 || ping -c1 -W2 \$ip >/dev/null 2>&1; then echo ok; else echo FAIL; fi; done" | tr '\n' ' ')
+		printf '  %-7s' "$src"
+		for j in $res; do printf '%-6s' "$j"; done
+		echo
+	done
+	echo
+	echo "PING BY NAME (every container runs with --dns $RESOLVER, twill's resolver: names on"
+	echo "other hosts come from it, this host's from Docker's own DNS; ok = reply within 2 s)"
+	printf '  %-7s' ""
+	for c in "${names[@]}"; do printf '%-6s' "$c"; done
+	echo
+	for i in "${!names[@]}"; do
+		src=${names[$i]}
+		n=${src:1:1}
+		res=$(dk "$n" exec "$src" sh -c "for c in ${names[*]}; do if [ \$c = $src ]; then echo -; elif ping -c1 -W2 \$c >/dev/null 2>&1 || ping -c1 -W2 \$c >/dev/null 2>&1; then echo ok; else echo FAIL; fi; done" | tr '\n' ' ')
 		printf '  %-7s' "$src"
 		for j in $res; do printf '%-6s' "$j"; done
 		echo
