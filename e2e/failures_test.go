@@ -94,10 +94,32 @@ func (s *scenario) pluginKilled(t *testing.T) {
 	id := h3.pluginID(t)
 	const capCall = "NetworkDriver.GetCapabilities"
 	caps := strings.Count(h3.pluginLog(id), capCall)
+	// A ping every 20 ms from h1-a to h3-a across the kill: how long the
+	// datapath (TUN or kernel, whichever runs) stops while twilld is gone.
+	const every, count = 20 * time.Millisecond, 400
+	pinged := make(chan string, 1)
+	go func() {
+		out, _ := hosts()[0].docker("exec", "h1-a", "ping", "-i", "0.02", "-c", fmt.Sprint(count), "-W", "1", "-w", "15", s.byName("h3-a").ip.String())
+		pinged <- out
+	}()
+	time.Sleep(time.Second)
 	if err := syscall.Kill(old[0], syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	killed := time.Now()
+	defer func() {
+		out := <-pinged
+		var sent, got int
+		if i := strings.Index(out, "packets transmitted"); i >= 0 {
+			line := out[strings.LastIndex(out[:i], "\n")+1:]
+			fmt.Sscanf(line, "%d packets transmitted, %d packets received", &sent, &got)
+		}
+		lost := sent - got
+		t.Logf("pings h1-a -> h3-a every %v across the kill: %d of %d lost (a gap of about %v)", every, lost, sent, time.Duration(lost)*every)
+		if sent < count/2 || time.Duration(lost)*every > 5*time.Second {
+			t.Errorf("h3's datapath stopped for more than 5 s across a plugin kill, or ping did not run: %d of %d pings lost:\n%s", lost, sent, out)
+		}
+	}()
 	eventually(t, 20*time.Second, "docker restarts twilld", func() error {
 		if p := h3.pluginPIDs(); len(p) != 1 || p[0] == old[0] {
 			return fmt.Errorf("twilld pids %v", p)
