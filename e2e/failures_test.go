@@ -45,7 +45,8 @@ func reach(t *testing.T, timeout time.Duration, src ctr, dsts ...ctr) {
 }
 
 // dockerdRestart: host 2's dockerd restarts; its restart-policy containers come
-// back, the --ip one with its address, and the other hosts reach them again.
+// back, the --ip one with its address, the other hosts reach them again and
+// resolve them by name at their new addresses.
 func (s *scenario) dockerdRestart(t *testing.T) {
 	h2 := hosts()[1]
 	start := time.Now()
@@ -77,6 +78,13 @@ func (s *scenario) dockerdRestart(t *testing.T) {
 	reach(t, 45*time.Second, s.byName("h3-b"), a, s.byName("h2-b"))
 	reach(t, 45*time.Second, s.byName("h2-b"), s.byName("h1-a"), s.byName("h3-a"))
 	t.Logf("cross-host reachability back %.1fs after the restart began", time.Since(start).Seconds())
+	// The plugin restarted with dockerd and resynced its names from
+	// scratch: h2-a answers on h1 with its address now, nothing stale.
+	h1 := hosts()[0]
+	h1.mustDocker(t, runArgs("dr-cli", "blue", "--dns", resolver)...)
+	defer h1.docker("rm", "-f", "dr-cli")
+	untilAnswer(t, h1, "dr-cli", "h2-a", []string{a.ip.String()}, 15*time.Second)
+	t.Logf("h2-a (%s after the restart) resolved on h1 %.1fs after the restart began", a.ip, time.Since(start).Seconds())
 }
 
 // pluginKilled: kill -9 of twilld on host 3; Docker restarts it; new containers
