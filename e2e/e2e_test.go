@@ -154,16 +154,16 @@ func (s *scenario) hostView(t *testing.T) {
 	}
 	for _, h := range hosts() {
 		out, err := h.twillctl("status")
-		path := ""
-		for _, l := range strings.Split(out, "\n") {
-			if f := strings.Fields(l); len(f) >= 2 && f[0] == "datapath" {
-				path = f[1]
+		line := "" // "kernel (…)" or "tun (why)"
+		for l := range strings.SplitSeq(out, "\n") {
+			if rest, ok := strings.CutPrefix(l, "datapath"); ok {
+				line = strings.TrimSpace(rest)
 			}
 		}
-		if err != nil || path != want {
+		if path, _, _ := strings.Cut(line, " "); err != nil || path != want {
 			t.Errorf("%s: datapath %q, want %q (TWE_UNDERLAY=%q): %v\n%s", h, path, want, os.Getenv("TWE_UNDERLAY"), err, out)
 		} else if h.n == 1 {
-			t.Logf("datapath on every host: %s", strings.TrimSpace(strings.TrimPrefix(strings.SplitN(out[strings.Index(out, "datapath"):], "\n", 2)[0], "datapath")))
+			t.Logf("datapath on every host: %s", line)
 		}
 	}
 	for _, h := range hosts() {

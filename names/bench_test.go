@@ -48,16 +48,7 @@ func BenchmarkTable10k(b *testing.B) {
 // client, resolver, forwarder, upstream, back (all in this process; its CPU
 // profile tells the resolver's and forwarder's share).
 func BenchmarkForwardUDP(b *testing.B) {
-	up := startUpstream(b, 1)
-	r := &Resolver{Table: testTable(), Overlay: netip.MustParsePrefix("10.96.0.0/16"), TTL: 1, Stats: &Stats{},
-		IsHost: func(netip.Addr) bool { return true },
-		Forward: NewForwarder([]netip.AddrPort{up.addr}, time.Second)}
-	defer r.Forward.(*Forwarder).Close()
-	l, err := Listen(netip.MustParseAddrPort("127.0.0.1:0"), r)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer l.Close()
+	l := listenForwarding(b, startUpstream(b, 1))
 	b.ReportAllocs()
 	b.SetParallelism(8)
 	b.RunParallel(func(pb *testing.PB) {

@@ -63,6 +63,22 @@ func startUpstream(t testing.TB, n int) *upstream {
 	return u
 }
 
+// listenForwarding serves testTable's names on a loopback Listener and
+// forwards the rest to up; both close when the test ends. Queries from
+// loopback count as the host's.
+func listenForwarding(t testing.TB, up *upstream) *Listener {
+	t.Helper()
+	f := NewForwarder([]netip.AddrPort{up.addr}, time.Second)
+	t.Cleanup(f.Close)
+	r := &Resolver{Table: testTable(), Overlay: netip.MustParsePrefix("10.96.0.0/16"), TTL: 1, Stats: &Stats{}, Forward: f}
+	l, err := Listen(netip.MustParseAddrPort("127.0.0.1:0"), r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l
+}
+
 func itoa(i int) string { return netip.AddrFrom4([4]byte{0, 0, 0, byte(i)}).String()[6:] }
 
 func TestForwarder(t *testing.T) {
@@ -121,14 +137,7 @@ func TestForwarderFailsOver(t *testing.T) {
 // answers twill names and forwards the rest to the upstream, UDP and TCP.
 func TestListenerEndToEnd(t *testing.T) {
 	up := startUpstream(t, 1)
-	r := &Resolver{Table: testTable(), Overlay: netip.MustParsePrefix("10.96.0.0/16"), TTL: 1, Stats: &Stats{},
-		Forward: NewForwarder([]netip.AddrPort{up.addr}, time.Second)}
-	defer r.Forward.(*Forwarder).Close()
-	l, err := Listen(netip.MustParseAddrPort("127.0.0.1:0"), r)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
+	l := listenForwarding(t, up)
 	for _, proto := range []string{"udp", "tcp"} {
 		c := &dns.Client{Net: proto, Timeout: 2 * time.Second}
 		resp, _, err := c.Exchange(query("web", dns.TypeA), l.Addr.String())

@@ -92,34 +92,11 @@ report() {
 	done
 	echo
 	echo "PING MATRIX (row pings column; ok = reply within 2 s)"
-	printf '  %-7s' ""
-	for c in "${names[@]}"; do printf '%-6s' "$c"; done
-	echo
-	local i j src
-	for i in "${!names[@]}"; do
-		src=${names[$i]}
-		n=${src:1:1}
-		# one exec per source: ping every other container
-		local res
-		res=$(dk "$n" exec "$src" sh -c "for ip in ${ips[*]}; do if [ \$ip = ${ips[$i]} ]; then echo -; elif ping -c1 -W2 \$ip >/dev/null 2>&1 || ping -c1 -W2 \$ip >/dev/null 2>&1; then echo ok; else echo FAIL; fi; done" | tr '\n' ' ')
-		printf '  %-7s' "$src"
-		for j in $res; do printf '%-6s' "$j"; done
-		echo
-	done
+	ping_matrix "${ips[@]}"
 	echo
 	echo "PING BY NAME (every container runs with --dns $RESOLVER, twill's resolver: names on"
 	echo "other hosts come from it, this host's from Docker's own DNS; ok = reply within 2 s)"
-	printf '  %-7s' ""
-	for c in "${names[@]}"; do printf '%-6s' "$c"; done
-	echo
-	for i in "${!names[@]}"; do
-		src=${names[$i]}
-		n=${src:1:1}
-		res=$(dk "$n" exec "$src" sh -c "for c in ${names[*]}; do if [ \$c = $src ]; then echo -; elif ping -c1 -W2 \$c >/dev/null 2>&1 || ping -c1 -W2 \$c >/dev/null 2>&1; then echo ok; else echo FAIL; fi; done" | tr '\n' ' ')
-		printf '  %-7s' "$src"
-		for j in $res; do printf '%-6s' "$j"; done
-		echo
-	done
+	ping_matrix "${names[@]}"
 	echo
 	local ver cpus
 	ver=$(iperf3 --version | awk 'NR == 1 {print $2}')
@@ -130,6 +107,24 @@ report() {
 	host_iperf3
 	echo "  (all three hosts share this machine's $cpus CPUs and a veth underlay: the figures"
 	echo "   say what twill does here, not what separate machines on a real network get)"
+}
+
+# ping_matrix TARGET...: every container in report's names pings every
+# TARGET (the containers' addresses or names, in the same order) but its own,
+# one exec per container; a row per container.
+ping_matrix() {
+	local targets=("$@") i src n res j
+	printf '  %-7s' ""
+	for src in "${names[@]}"; do printf '%-6s' "$src"; done
+	echo
+	for i in "${!names[@]}"; do
+		src=${names[$i]}
+		n=${src:1:1}
+		res=$(dk "$n" exec "$src" sh -c "for t in ${targets[*]}; do if [ \$t = ${targets[$i]} ]; then echo -; elif ping -c1 -W2 \$t >/dev/null 2>&1 || ping -c1 -W2 \$t >/dev/null 2>&1; then echo ok; else echo FAIL; fi; done" | tr '\n' ' ')
+		printf '  %-7s' "$src"
+		for j in $res; do printf '%-6s' "$j"; done
+		echo
+	done
 }
 
 # iperf3_image builds $IPERF_IMAGE on hosts 1 and 2 unless they have it: iperf3

@@ -222,13 +222,14 @@ func parseConfig(args []string, env func(string) (string, bool), usage io.Writer
 	c.PluginDir = get["plugin-dir"]
 	c.PluginName = get["plugin-name"]
 	c.DockerSocket = get["docker-socket"]
+	managed := os.Getpid() == 1 // a managed plugin runs in its own PID namespace
 	if c.PluginName == "" {
 		c.PluginName = "twill"
-		if os.Getpid() == 1 { // a managed plugin runs in its own PID namespace
+		if managed {
 			c.PluginName = "twill:latest"
 		}
 	}
-	if os.Getpid() == 1 {
+	if managed {
 		c.DockerSocket = upgradedPluginSocket(c.DockerSocket, func(p string) bool { _, err := os.Stat(p); return err == nil })
 	}
 	switch get["names"] {
