@@ -1,6 +1,7 @@
 package names
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -23,17 +24,22 @@ const DefaultResolvConf = "/etc/resolv.conf"
 // Forwarder sends queries twill does not answer to upstream resolvers, in
 // order, the next one when one fails or times out, as Docker's resolver
 // does; the first answer (NXDOMAIN included) ends the lookup. UDP queries
-// share a few connected sockets per upstream, each with one reader, under
-// IDs of the forwarder's own (so clients' IDs never collide); TCP ones go
-// over a fresh connection each.
+// are relayed as they came (their EDNS0 record included, so the upstream
+// sizes its answer for the client) over a few connected sockets per
+// upstream, under IDs of the forwarder's own so that clients' IDs never
+// collide; each socket's reader hands an answer to its query's callback at
+// once, and a sweeper resends and fails over. TCP queries go over a fresh
+// connection each.
 type Forwarder struct {
 	upstreams []netip.AddrPort
 	timeout   time.Duration // per upstream try
 	next      atomic.Uint32
 
-	mu     sync.Mutex
-	muxes  [][]*udpMux // per upstream, opened on first use
-	closed bool
+	mu       sync.Mutex
+	muxes    [][]*udpMux // per upstream, opened on first use
+	sweeping bool
+	stop     chan struct{}
+	closed   bool
 }
 
 // muxPerUpstream is how many UDP sockets each upstream gets.
@@ -45,19 +51,27 @@ func NewForwarder(upstreams []netip.AddrPort, timeout time.Duration) *Forwarder 
 	if timeout == 0 {
 		timeout = 2 * time.Second
 	}
-	f := &Forwarder{upstreams: upstreams, timeout: timeout, muxes: make([][]*udpMux, len(upstreams))}
-	return f
+	return &Forwarder{upstreams: upstreams, timeout: timeout, muxes: make([][]*udpMux, len(upstreams)), stop: make(chan struct{})}
 }
 
 // Close closes the forwarder's sockets; queries in flight fail.
 func (f *Forwarder) Close() {
 	f.mu.Lock()
-	defer f.mu.Unlock()
+	if f.closed {
+		f.mu.Unlock()
+		return
+	}
 	f.closed = true
+	close(f.stop)
+	var orphans []*relayed
 	for _, ms := range f.muxes {
 		for _, m := range ms {
-			m.close()
+			orphans = append(orphans, m.close()...)
 		}
+	}
+	f.mu.Unlock()
+	for _, r := range orphans {
+		r.done(nil, errClosed)
 	}
 }
 
@@ -67,24 +81,20 @@ func (f *Forwarder) Upstreams() []netip.AddrPort { return f.upstreams }
 // ErrNoUpstream is returned when no upstream resolver is configured.
 var ErrNoUpstream = errors.New("no upstream resolver (set TWILL_DNS_UPSTREAM, or give the host a nameserver in /etc/resolv.conf)")
 
-// Exchange forwards q as it is (its EDNS0 record included, so the upstream
-// sizes its answer for the client) and returns the first answer, with q's ID.
+// Exchange forwards q and returns the first answer, with q's ID.
 func (f *Forwarder) Exchange(ctx context.Context, q *dns.Msg, tcp bool) (*dns.Msg, error) {
 	if len(f.upstreams) == 0 {
 		return nil, ErrNoUpstream
 	}
+	if !tcp {
+		return f.exchangeUDP(ctx, q)
+	}
 	var errs []error
-	for i, up := range f.upstreams {
+	for _, up := range f.upstreams {
 		if ctx.Err() != nil {
 			break
 		}
-		var resp *dns.Msg
-		var err error
-		if tcp {
-			resp, err = f.tcp(ctx, up, q)
-		} else {
-			resp, err = f.udp(ctx, i, q)
-		}
+		resp, err := f.tcp(ctx, up, q)
 		if err == nil {
 			resp.Id = q.Id
 			return resp, nil
@@ -97,18 +107,159 @@ func (f *Forwarder) Exchange(ctx context.Context, q *dns.Msg, tcp bool) (*dns.Ms
 	return nil, errors.Join(errs...)
 }
 
-func (f *Forwarder) deadline(ctx context.Context) time.Time {
-	d := time.Now().Add(f.timeout)
-	if cd, ok := ctx.Deadline(); ok && cd.Before(d) {
-		d = cd
+// exchangeUDP relays q and waits for the answer.
+func (f *Forwarder) exchangeUDP(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
+	wire, err := q.Pack()
+	if err != nil {
+		return nil, err
 	}
-	return d
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		deadline = time.Now().Add(f.timeout * time.Duration(len(f.upstreams)))
+	}
+	type answer struct {
+		b   []byte
+		err error
+	}
+	ch := make(chan answer, 1)
+	f.Relay(wire, deadline, func(b []byte, err error) { ch <- answer{bytes.Clone(b), err} })
+	var a answer
+	select {
+	case a = <-ch:
+	case <-ctx.Done():
+		return nil, ctx.Err() // the relayed query ends by its deadline
+	}
+	if a.err != nil {
+		return nil, a.err
+	}
+	resp := new(dns.Msg)
+	if err := resp.Unpack(a.b); err != nil {
+		if a.b[2]&0x02 != 0 { // TC: a truncated answer may not unpack whole
+			resp = new(dns.Msg)
+			resp.SetReply(q)
+			resp.Truncated = true
+			return resp, nil
+		}
+		return nil, fmt.Errorf("unpacking the answer: %w", err)
+	}
+	return resp, nil
 }
 
-var errClosed = errors.New("forwarder closed")
+var (
+	errClosed   = errors.New("forwarder closed")
+	errTimeout  = errors.New("no answer in time")
+	errQuestion = errors.New("a query must have one question")
+	errBusy     = errors.New("too many queries in flight")
+)
 
-// mux returns a socket to upstream i, opening the upstream's sockets on
-// first use.
+// Relay forwards wire, a packed UDP query that it keeps, through the
+// upstreams until deadline and calls done exactly once: with the answer
+// under the query's own ID (valid only during the call), or with an error.
+// done may run on Relay's caller or on a socket's reader; it must not block.
+func (f *Forwarder) Relay(wire []byte, deadline time.Time, done func([]byte, error)) {
+	if len(f.upstreams) == 0 {
+		done(nil, ErrNoUpstream)
+		return
+	}
+	qend, ok := questionEnd(wire)
+	if !ok {
+		done(nil, errQuestion)
+		return
+	}
+	r := &relayed{wire: wire, qend: qend, id: uint16(wire[0])<<8 | uint16(wire[1]), deadline: deadline, done: done}
+	f.try(r, 0, nil)
+}
+
+// relayed is a UDP query on its way through the upstreams. Whoever takes it
+// out of a socket's waiting table (the reader, the sweeper, Close) owns it.
+type relayed struct {
+	wire     []byte    // the query; its ID is the current socket's
+	qend     int       // end of its question section in wire
+	id       uint16    // the asker's ID
+	up       int       // the upstream being tried
+	sent     time.Time // when it was first sent there
+	resent   bool
+	deadline time.Time
+	errs     []error // of the upstreams tried before
+	done     func([]byte, error)
+}
+
+// try sends r to upstream up, or the first one after it that takes it;
+// past the last, r fails with err and what the others said.
+func (f *Forwarder) try(r *relayed, up int, err error) {
+	if err != nil {
+		r.errs = append(r.errs, fmt.Errorf("upstream %s: %w", f.upstreams[r.up], err))
+	}
+	for ; up < len(f.upstreams) && time.Now().Before(r.deadline); up++ {
+		m, err := f.mux(up)
+		if err == nil {
+			err = m.send(r, up)
+		}
+		if err == nil {
+			return
+		}
+		if err == errClosed {
+			r.done(nil, err)
+			return
+		}
+		r.errs = append(r.errs, fmt.Errorf("upstream %s: %w", f.upstreams[up], err))
+	}
+	if len(r.errs) == 0 {
+		r.errs = append(r.errs, errTimeout)
+	}
+	r.done(nil, errors.Join(r.errs...))
+}
+
+// questionEnd returns where the one question of a packed query ends.
+func questionEnd(b []byte) (int, bool) {
+	if len(b) < 12 || b[4] != 0 || b[5] != 1 {
+		return 0, false
+	}
+	i := 12
+	for {
+		if i >= len(b) {
+			return 0, false
+		}
+		l := int(b[i])
+		switch {
+		case l == 0:
+			i++
+		case l&0xC0 == 0xC0: // a compression pointer ends the name
+			i += 2
+		case l&0xC0 != 0:
+			return 0, false
+		default:
+			i += 1 + l
+			continue
+		}
+		break
+	}
+	i += 4 // type and class
+	return i, i <= len(b)
+}
+
+// sameQuestion compares two question sections, names case-insensitively.
+func sameQuestion(a, b []byte) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		x, y := a[i], b[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
+}
+
+// mux returns a socket to upstream i, opening the upstream's sockets (and
+// starting the sweeper) on first use.
 func (f *Forwarder) mux(i int) (*udpMux, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -127,27 +278,55 @@ func (f *Forwarder) mux(i int) (*udpMux, error) {
 			}
 			f.muxes[i] = append(f.muxes[i], m)
 		}
+		if !f.sweeping {
+			f.sweeping = true
+			go f.sweep()
+		}
 	}
 	ms := f.muxes[i]
 	return ms[int(f.next.Add(1))%len(ms)], nil
 }
 
-func (f *Forwarder) udp(ctx context.Context, i int, q *dns.Msg) (*dns.Msg, error) {
-	m, err := f.mux(i)
-	if err != nil {
-		return nil, err
+// sweep looks at the queries in flight a dozen times per try: UDP loses
+// datagrams (a full socket buffer on a busy upstream), so, like a stub
+// resolver, a query unanswered for a third of its try is sent once more;
+// one unanswered for the whole try moves to the next upstream.
+func (f *Forwarder) sweep() {
+	tick := time.NewTicker(min(max(f.timeout/12, 5*time.Millisecond), 50*time.Millisecond))
+	defer tick.Stop()
+	for {
+		select {
+		case <-f.stop:
+			return
+		case <-tick.C:
+		}
+		f.mu.Lock()
+		var ms []*udpMux
+		for _, u := range f.muxes {
+			ms = append(ms, u...)
+		}
+		f.mu.Unlock()
+		now := time.Now()
+		for _, m := range ms {
+			late, resend := m.due(now, f.timeout)
+			for _, wire := range resend {
+				m.conn.Write(wire) // a failure leaves the first try to time out
+			}
+			for _, r := range late {
+				f.try(r, r.up+1, errTimeout)
+			}
+		}
 	}
-	return m.exchange(q, f.deadline(ctx))
 }
 
 // udpMux is one connected UDP socket to an upstream, shared by concurrent
-// queries: each is sent under a free ID of the socket's and its answer is
-// handed to the waiting query by that ID.
+// queries: each is sent under a free ID of the socket's, and the answer
+// with that ID and the query's question goes to the query's callback.
 type udpMux struct {
 	conn *net.UDPConn
 
 	mu      sync.Mutex
-	waiting map[uint16]chan []byte
+	waiting map[uint16]*relayed
 	closed  bool
 }
 
@@ -157,9 +336,64 @@ func dialMux(up netip.AddrPort) (*udpMux, error) {
 		return nil, err
 	}
 	c.SetReadBuffer(1 << 20)
-	m := &udpMux{conn: c, waiting: map[uint16]chan []byte{}}
+	m := &udpMux{conn: c, waiting: map[uint16]*relayed{}}
 	go m.read()
 	return m, nil
+}
+
+// send registers r under a free ID and sends it to the socket's upstream.
+func (m *udpMux) send(r *relayed, up int) error {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return errClosed
+	}
+	if len(m.waiting) > 1<<15 {
+		m.mu.Unlock()
+		return errBusy
+	}
+	var id uint16
+	for {
+		id = uint16(rand.Uint32())
+		if _, busy := m.waiting[id]; !busy {
+			break
+		}
+	}
+	r.wire[0], r.wire[1] = byte(id>>8), byte(id)
+	r.up, r.sent, r.resent = up, time.Now(), false
+	m.waiting[id] = r
+	m.mu.Unlock()
+	if _, err := m.conn.Write(r.wire); err != nil {
+		m.mu.Lock()
+		mine := m.waiting[id] == r
+		if mine {
+			delete(m.waiting, id)
+		}
+		m.mu.Unlock()
+		if mine {
+			return err
+		}
+	}
+	return nil
+}
+
+// due takes out the queries past their try or deadline and returns them,
+// with the queries to send once more.
+func (m *udpMux) due(now time.Time, try time.Duration) (late []*relayed, resend [][]byte) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for id, r := range m.waiting {
+		age := now.Sub(r.sent)
+		switch {
+		case age >= try || !now.Before(r.deadline):
+			delete(m.waiting, id)
+			late = append(late, r)
+		case !r.resent && age >= try/3:
+			r.resent = true
+			resend = append(resend, r.wire)
+		}
+	}
+	return late, resend
 }
 
 func (m *udpMux) read() {
@@ -172,92 +406,45 @@ func (m *udpMux) read() {
 			}
 			continue // ICMP port unreachable and the like: the query times out or the next one fails
 		}
-		if n < 12 {
+		if n < 12 || buf[2]&0x80 == 0 { // not an answer
 			continue
 		}
 		id := uint16(buf[0])<<8 | uint16(buf[1])
 		m.mu.Lock()
-		ch := m.waiting[id]
-		delete(m.waiting, id)
+		r := m.waiting[id]
+		if r != nil && n >= r.qend && buf[4] == 0 && buf[5] == 1 && sameQuestion(buf[12:r.qend], r.wire[12:r.qend]) {
+			delete(m.waiting, id)
+		} else {
+			r = nil // a late answer to a resent or failed-over query, or a forgery
+		}
 		m.mu.Unlock()
-		if ch != nil {
-			ch <- append([]byte(nil), buf[:n]...)
+		if r != nil {
+			buf[0], buf[1] = byte(r.id>>8), byte(r.id)
+			r.done(buf[:n], nil)
 		}
 	}
 }
 
-func (m *udpMux) close() {
+// close closes the socket and returns the queries that were waiting.
+func (m *udpMux) close() []*relayed {
 	m.mu.Lock()
 	m.closed = true
+	var orphans []*relayed
+	for id, r := range m.waiting {
+		delete(m.waiting, id)
+		orphans = append(orphans, r)
+	}
 	m.mu.Unlock()
 	m.conn.Close()
+	return orphans
 }
 
-func (m *udpMux) exchange(q *dns.Msg, deadline time.Time) (*dns.Msg, error) {
-	wire, err := q.Pack()
-	if err != nil {
-		return nil, err
+func (f *Forwarder) deadline(ctx context.Context) time.Time {
+	d := time.Now().Add(f.timeout)
+	if cd, ok := ctx.Deadline(); ok && cd.Before(d) {
+		d = cd
 	}
-	ch := make(chan []byte, 1)
-	m.mu.Lock()
-	if m.closed {
-		m.mu.Unlock()
-		return nil, errClosed
-	}
-	var id uint16
-	for {
-		id = uint16(rand.Uint32())
-		if _, busy := m.waiting[id]; !busy {
-			break
-		}
-	}
-	m.waiting[id] = ch
-	m.mu.Unlock()
-	wire[0], wire[1] = byte(id>>8), byte(id)
-	forget := func() {
-		m.mu.Lock()
-		delete(m.waiting, id)
-		m.mu.Unlock()
-	}
-	if _, err := m.conn.Write(wire); err != nil {
-		forget()
-		return nil, err
-	}
-	// UDP loses datagrams (a full socket buffer on a busy upstream): like a
-	// stub resolver, send the same query once more when a third of the
-	// time has passed without an answer. The answer to either goes to ch;
-	// a second one finds no waiter and is dropped by read.
-	resend := time.NewTimer(time.Until(deadline) / 3)
-	defer resend.Stop()
-	t := time.NewTimer(time.Until(deadline))
-	defer t.Stop()
-	var b []byte
-wait:
-	for {
-		select {
-		case b = <-ch:
-			break wait
-		case <-resend.C:
-			m.conn.Write(wire) // a failure here leaves the first try to time out
-		case <-t.C:
-			forget()
-			return nil, errors.New("timeout")
-		}
-	}
-	resp := new(dns.Msg)
-	if err := resp.Unpack(b); err != nil {
-		if len(b) > 2 && b[2]&0x02 != 0 { // TC: a truncated answer may not unpack whole
-			resp = new(dns.Msg)
-			resp.SetReply(q)
-			resp.Truncated = true
-			return resp, nil
-		}
-		return nil, fmt.Errorf("unpacking the answer: %w", err)
-	}
-	if len(resp.Question) != len(q.Question) || (len(q.Question) > 0 && !strings.EqualFold(resp.Question[0].Name, q.Question[0].Name)) {
-		return nil, errors.New("answer to another question")
-	}
-	return resp, nil
+	return d
 }
 
 func (f *Forwarder) tcp(ctx context.Context, up netip.AddrPort, q *dns.Msg) (*dns.Msg, error) {

@@ -1,6 +1,7 @@
 package names
 
 import (
+	"bytes"
 	"context"
 	"log/slog"
 	"math/rand/v2"
@@ -15,9 +16,13 @@ import (
 // containers within seconds and Docker's resolver does not cache.
 const DefaultTTL = 1
 
-// Exchanger sends a query upstream and returns the answer (a Forwarder).
-type Exchanger interface {
+// Upstream is where the names twill does not hold go (a Forwarder).
+type Upstream interface {
+	// Exchange sends q and returns the answer.
 	Exchange(ctx context.Context, q *dns.Msg, tcp bool) (*dns.Msg, error)
+	// Relay sends a packed UDP query, which it keeps, and calls done once,
+	// with the packed answer (valid during the call only) or an error.
+	Relay(wire []byte, deadline time.Time, done func([]byte, error))
 }
 
 // Resolver is the DNS handler of one overlay's resolver address.
@@ -25,7 +30,7 @@ type Resolver struct {
 	Table   *Table
 	Overlay netip.Prefix          // queries from here are containers'
 	IsHost  func(netip.Addr) bool // this host's own addresses (loopback is always the host)
-	Forward Exchanger             // nil: forwarded names fail with SERVFAIL
+	Forward Upstream              // nil: forwarded names fail with SERVFAIL
 	Timeout time.Duration         // for a forwarded query; 0 = 5 s
 	TTL     uint32
 	Stats   *Stats
@@ -130,21 +135,106 @@ func (r *Resolver) ServeDNS(w dns.ResponseWriter, q *dns.Msg) {
 	}
 }
 
-func (r *Resolver) forward(q *dns.Msg, tcp bool) (*dns.Msg, Result) {
-	fail := func() (*dns.Msg, Result) {
+// PacketWriter sends a UDP answer (a *net.UDPConn).
+type PacketWriter interface {
+	WriteToUDPAddrPort(b []byte, to netip.AddrPort) (int, error)
+}
+
+// ServePacket answers one UDP datagram b from src through w: from the
+// table at once, or relayed through the upstream as it came, the answer
+// going back to src when it arrives. It does not keep b. Datagrams from
+// outside the overlay and the host, and answers, get nothing; what does
+// not unpack gets FORMERR.
+func (r *Resolver) ServePacket(w PacketWriter, b []byte, src netip.AddrPort) {
+	if r.who(src.Addr()) == fromOutside {
+		r.Stats.count(Dropped)
+		return
+	}
+	if len(b) < 12 || b[2]&0x80 != 0 { // no header, or an answer: never answered, so never a loop
+		r.Stats.count(Malformed)
+		return
+	}
+	q := new(dns.Msg)
+	if err := q.Unpack(b); err != nil {
+		r.Stats.count(Malformed)
 		m := new(dns.Msg)
-		m.SetRcode(q, dns.RcodeServerFailure)
-		m.RecursionAvailable = true
-		return m, ForwardFailed
+		m.Id = uint16(b[0])<<8 | uint16(b[1])
+		m.Response = true
+		m.Opcode = int(b[2]>>3) & 0xF
+		m.Rcode = dns.RcodeFormatError
+		r.write(w, m, src, dns.MinMsgSize)
+		return
+	}
+	resp, res := r.Answer(src.Addr(), q)
+	if resp != nil {
+		r.Stats.count(res)
+		r.write(w, resp, src, udpSize(q))
+		return
 	}
 	if r.Forward == nil {
-		return fail()
+		r.Stats.count(ForwardFailed)
+		r.write(w, servfail(q), src, udpSize(q))
+		return
 	}
-	timeout := r.Timeout
-	if timeout == 0 {
-		timeout = 5 * time.Second
+	t0 := time.Now()
+	r.Forward.Relay(bytes.Clone(b), t0.Add(r.timeout()), func(a []byte, err error) {
+		if err != nil {
+			if r.Log != nil {
+				r.Log.Debug("forwarding a DNS query", "name", q.Question[0].Name, "err", err)
+			}
+			r.Stats.count(ForwardFailed)
+			r.write(w, servfail(q), src, udpSize(q))
+			return
+		}
+		r.Stats.forwardTook(time.Since(t0))
+		r.Stats.count(Forwarded)
+		if size := udpSize(q); len(a) > size { // an upstream that ignored the client's size
+			m := new(dns.Msg)
+			if m.Unpack(a) != nil {
+				r.Stats.count(ForwardFailed)
+				r.write(w, servfail(q), src, size)
+				return
+			}
+			r.write(w, m, src, size)
+			return
+		}
+		if _, err := w.WriteToUDPAddrPort(a, src); err != nil && r.Log != nil {
+			r.Log.Debug("writing a DNS answer", "to", src, "err", err)
+		}
+	})
+}
+
+// write sends m to a UDP client, truncated to size.
+func (r *Resolver) write(w PacketWriter, m *dns.Msg, to netip.AddrPort, size int) {
+	m.Truncate(size)
+	b, err := m.Pack()
+	if err == nil {
+		_, err = w.WriteToUDPAddrPort(b, to)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	if err != nil && r.Log != nil {
+		r.Log.Debug("writing a DNS answer", "to", to, "err", err)
+	}
+}
+
+func servfail(q *dns.Msg) *dns.Msg {
+	m := new(dns.Msg)
+	m.SetRcode(q, dns.RcodeServerFailure)
+	m.RecursionAvailable = true
+	return m
+}
+
+func (r *Resolver) timeout() time.Duration {
+	if r.Timeout == 0 {
+		return 5 * time.Second
+	}
+	return r.Timeout
+}
+
+func (r *Resolver) forward(q *dns.Msg, tcp bool) (*dns.Msg, Result) {
+	if r.Forward == nil {
+		return servfail(q), ForwardFailed
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), r.timeout())
 	defer cancel()
 	t0 := time.Now()
 	resp, err := r.Forward.Exchange(ctx, q, tcp)
@@ -152,7 +242,7 @@ func (r *Resolver) forward(q *dns.Msg, tcp bool) (*dns.Msg, Result) {
 		if r.Log != nil {
 			r.Log.Debug("forwarding a DNS query", "name", q.Question[0].Name, "err", err)
 		}
-		return fail()
+		return servfail(q), ForwardFailed
 	}
 	r.Stats.forwardTook(time.Since(t0))
 	resp.Id = q.Id

@@ -1,12 +1,15 @@
 package names
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/miekg/dns"
 )
@@ -32,6 +35,7 @@ type fakeUpstream struct {
 	err   error
 	calls int
 	tcp   bool
+	pad   int // extra records in relayed answers, ignoring the client's size
 }
 
 func (f *fakeUpstream) Exchange(_ context.Context, q *dns.Msg, tcp bool) (*dns.Msg, error) {
@@ -48,7 +52,28 @@ func (f *fakeUpstream) Exchange(_ context.Context, q *dns.Msg, tcp bool) (*dns.M
 	return m, nil
 }
 
-func newResolver(up Exchanger) *Resolver {
+// Relay answers as Exchange does, at once, under the query's ID.
+func (f *fakeUpstream) Relay(wire []byte, _ time.Time, done func([]byte, error)) {
+	q := new(dns.Msg)
+	if err := q.Unpack(wire); err != nil {
+		done(nil, err)
+		return
+	}
+	resp, err := f.Exchange(context.Background(), q, false)
+	if err != nil {
+		done(nil, err)
+		return
+	}
+	for range f.pad {
+		rr, _ := dns.NewRR(q.Question[0].Name + " 60 IN A 198.51.100.8")
+		resp.Answer = append(resp.Answer, rr)
+	}
+	resp.Id = q.Id
+	b, err := resp.Pack()
+	done(b, err)
+}
+
+func newResolver(up Upstream) *Resolver {
 	return &Resolver{
 		Table: testTable(), Overlay: netip.MustParsePrefix("10.96.0.0/16"), TTL: 1, Forward: up, Stats: &Stats{},
 		IsHost: func(a netip.Addr) bool { return a == netip.MustParseAddr("192.0.2.2") },
@@ -193,6 +218,94 @@ func TestServeDNS(t *testing.T) {
 	}
 	if n != 2 {
 		t.Fatalf("forward latency observations %d, want 2", n)
+	}
+}
+
+// packets is a PacketWriter that keeps what is written.
+type packets struct {
+	got []*dns.Msg
+	raw [][]byte
+	to  []netip.AddrPort
+}
+
+func (p *packets) WriteToUDPAddrPort(b []byte, to netip.AddrPort) (int, error) {
+	p.raw = append(p.raw, bytes.Clone(b))
+	p.to = append(p.to, to)
+	m := new(dns.Msg)
+	if err := m.Unpack(b); err != nil {
+		m = nil
+	}
+	p.got = append(p.got, m)
+	return len(b), nil
+}
+
+func packed(m *dns.Msg) []byte { b, _ := m.Pack(); return b }
+
+func TestServePacket(t *testing.T) {
+	up := &fakeUpstream{}
+	r := newResolver(up)
+	cli := netip.AddrPortFrom(blueCli.Addr, 40000)
+	last := func(w *packets) *dns.Msg {
+		t.Helper()
+		if len(w.got) != 1 || w.to[0] != cli {
+			t.Fatalf("%d answers, to %v", len(w.got), w.to)
+		}
+		return w.got[0]
+	}
+
+	w := &packets{}
+	q := query("web", dns.TypeA)
+	r.ServePacket(w, packed(q), cli)
+	if m := last(w); m.Id != q.Id || !slices.Equal(answers(m), []string{"10.96.3.5", "10.96.9.7"}) || up.calls != 0 {
+		t.Fatalf("twill name: %v (upstream called %d times)", m, up.calls)
+	}
+
+	w = &packets{}
+	q = query("example.org", dns.TypeA)
+	r.ServePacket(w, packed(q), cli)
+	if m := last(w); m.Id != q.Id || answers(m)[0] != "198.51.100.7" || up.tcp {
+		t.Fatalf("forwarded: %v", m)
+	}
+
+	// An upstream answer larger than the client's 512 bytes is truncated.
+	up.pad = 60
+	w = &packets{}
+	r.ServePacket(w, packed(q), cli)
+	if m := last(w); !m.Truncated || len(w.raw[0]) > 512 {
+		t.Fatalf("oversized upstream answer: TC %v, %d bytes", m.Truncated, len(w.raw[0]))
+	}
+	up.pad = 0
+
+	// Outsiders get nothing; answers and headerless bits get nothing.
+	w = &packets{}
+	r.ServePacket(w, packed(q), netip.MustParseAddrPort("203.0.113.9:53"))
+	answer := query("example.org", dns.TypeA)
+	answer.Response = true
+	r.ServePacket(w, packed(answer), cli)
+	r.ServePacket(w, []byte{0, 3, 1, 2, 3}, cli)
+	if len(w.got) != 0 {
+		t.Fatalf("answered %v", w.got)
+	}
+
+	// What does not unpack gets FORMERR under its ID.
+	bad := packed(query("example.org", dns.TypeA))
+	bad = bad[:len(bad)-3]
+	w = &packets{}
+	r.ServePacket(w, bad, cli)
+	if m := last(w); m.Rcode != dns.RcodeFormatError || m.Id != uint16(bad[0])<<8|uint16(bad[1]) {
+		t.Fatalf("truncated query: %v", m)
+	}
+
+	up.err = errors.New("timeout")
+	w = &packets{}
+	r.ServePacket(w, packed(q), cli)
+	if m := last(w); m.Rcode != dns.RcodeServerFailure || m.Id != q.Id {
+		t.Fatalf("failed upstream: %v", m)
+	}
+	s := r.Stats.Snapshot()
+	want := map[string]uint64{"local": 1, "forwarded": 2, "dropped": 1, "malformed": 3, "forward_failed": 1, "empty": 0}
+	if !maps.Equal(s.Queries, want) {
+		t.Fatalf("counters %v, want %v", s.Queries, want)
 	}
 }
 

@@ -17,9 +17,10 @@ import (
 
 // Listener is one resolver address served over UDP and TCP.
 type Listener struct {
-	Addr    netip.AddrPort
-	servers []*dns.Server
-	wg      sync.WaitGroup
+	Addr netip.AddrPort
+	udp  []*net.UDPConn
+	tcp  *dns.Server
+	wg   sync.WaitGroup
 }
 
 // udpBuffer is the receive buffer of each UDP socket: room for a burst of
@@ -44,8 +45,11 @@ func reusePort(network, _ string, c syscall.RawConn) error {
 }
 
 // Listen binds addr over UDP (one socket per CPU, up to four) and TCP (the
-// address must be on the host already) and serves h on all until Close.
-func Listen(addr netip.AddrPort, h dns.Handler) (*Listener, error) {
+// address must be on the host already) and serves r on all until Close.
+// Each UDP socket has one reader that answers in place (no goroutine per
+// query): twill's names at once, the rest relayed upstream, the answer
+// going back from the upstream socket's reader.
+func Listen(addr netip.AddrPort, r *Resolver) (*Listener, error) {
 	lc := net.ListenConfig{Control: reusePort}
 	ctx := context.Background()
 	l := &Listener{}
@@ -74,35 +78,53 @@ func Listen(addr netip.AddrPort, h dns.Handler) (*Listener, error) {
 	}
 	l.Addr = addr
 	for _, pc := range pcs {
-		l.servers = append(l.servers, &dns.Server{PacketConn: pc, Handler: h, UDPSize: dns.MaxMsgSize})
+		c := pc.(*net.UDPConn)
+		l.udp = append(l.udp, c)
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			serveUDP(c, r)
+		}()
 	}
 	// Idle TCP connections are closed after a few seconds; a client
 	// sending nothing cannot hold one longer.
-	l.servers = append(l.servers, &dns.Server{Listener: ln, Handler: h, ReadTimeout: 3 * time.Second,
-		IdleTimeout: func() time.Duration { return 3 * time.Second }, MaxTCPQueries: 1000})
-	for _, s := range l.servers {
-		l.wg.Add(1)
-		started := make(chan struct{})
-		s.NotifyStartedFunc = func() { close(started) }
-		go func() {
-			defer l.wg.Done()
-			s.ActivateAndServe()
-		}()
-		select {
-		case <-started:
-		case <-time.After(5 * time.Second):
-		}
+	l.tcp = &dns.Server{Listener: ln, Handler: r, ReadTimeout: 3 * time.Second,
+		IdleTimeout: func() time.Duration { return 3 * time.Second }, MaxTCPQueries: 1000}
+	started := make(chan struct{})
+	l.tcp.NotifyStartedFunc = func() { close(started) }
+	l.wg.Add(1)
+	go func() {
+		defer l.wg.Done()
+		l.tcp.ActivateAndServe()
+	}()
+	select {
+	case <-started:
+	case <-time.After(5 * time.Second):
 	}
 	return l, nil
+}
+
+func serveUDP(c *net.UDPConn, r *Resolver) {
+	buf := make([]byte, dns.MaxMsgSize)
+	for {
+		n, src, err := c.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue
+		}
+		r.ServePacket(c, buf[:n], src)
+	}
 }
 
 // Close stops serving and waits for the serving goroutines.
 func (l *Listener) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	var errs []error
-	for _, s := range l.servers {
-		errs = append(errs, s.ShutdownContext(ctx))
+	errs := []error{l.tcp.ShutdownContext(ctx)}
+	for _, c := range l.udp {
+		errs = append(errs, c.Close())
 	}
 	l.wg.Wait()
 	return errors.Join(errs...)
