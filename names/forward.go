@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/twill-net/twill/internal/udpsock"
 )
 
 // DefaultResolvConf is where the host's resolvers are read from when no
@@ -42,8 +44,9 @@ type Forwarder struct {
 	closed   bool
 }
 
-// muxPerUpstream is how many UDP sockets each upstream gets.
-const muxPerUpstream = 4
+// muxPerUpstream is how many UDP sockets each upstream gets (each has 65,536
+// IDs and a reader).
+const muxPerUpstream = 1
 
 // NewForwarder forwards to upstreams, giving each try timeout (0 = 2 s).
 // Close releases its sockets.
@@ -323,7 +326,7 @@ func (f *Forwarder) sweep() {
 // queries: each is sent under a free ID of the socket's, and the answer
 // with that ID and the query's question goes to the query's callback.
 type udpMux struct {
-	conn *net.UDPConn
+	conn *udpsock.Socket
 
 	mu      sync.Mutex
 	waiting map[uint16]*relayed
@@ -331,15 +334,17 @@ type udpMux struct {
 }
 
 func dialMux(up netip.AddrPort) (*udpMux, error) {
-	c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(up))
+	c, err := udpsock.Dial(up)
 	if err != nil {
 		return nil, err
 	}
-	c.SetReadBuffer(1 << 20)
 	m := &udpMux{conn: c, waiting: map[uint16]*relayed{}}
-	go m.read()
+	go c.Serve(answerBatch, dns.MaxMsgSize, m.answer, nil)
 	return m, nil
 }
+
+// answerBatch is how many answers an upstream socket's reader takes at once.
+const answerBatch = 8
 
 // send registers r under a free ID and sends it to the socket's upstream.
 func (m *udpMux) send(r *relayed, up int) error {
@@ -396,32 +401,23 @@ func (m *udpMux) due(now time.Time, try time.Duration) (late []*relayed, resend 
 	return late, resend
 }
 
-func (m *udpMux) read() {
-	buf := make([]byte, dns.MaxMsgSize)
-	for {
-		n, err := m.conn.Read(buf)
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			continue // ICMP port unreachable and the like: the query times out or the next one fails
-		}
-		if n < 12 || buf[2]&0x80 == 0 { // not an answer
-			continue
-		}
-		id := uint16(buf[0])<<8 | uint16(buf[1])
-		m.mu.Lock()
-		r := m.waiting[id]
-		if r != nil && n >= r.qend && buf[4] == 0 && buf[5] == 1 && sameQuestion(buf[12:r.qend], r.wire[12:r.qend]) {
-			delete(m.waiting, id)
-		} else {
-			r = nil // a late answer to a resent or failed-over query, or a forgery
-		}
-		m.mu.Unlock()
-		if r != nil {
-			buf[0], buf[1] = byte(r.id>>8), byte(r.id)
-			r.done(buf[:n], nil)
-		}
+// answer hands an upstream's answer to the query waiting for it.
+func (m *udpMux) answer(b []byte, _ netip.AddrPort) {
+	if len(b) < 12 || b[2]&0x80 == 0 { // not an answer
+		return
+	}
+	id := uint16(b[0])<<8 | uint16(b[1])
+	m.mu.Lock()
+	r := m.waiting[id]
+	if r != nil && len(b) >= r.qend && b[4] == 0 && b[5] == 1 && sameQuestion(b[12:r.qend], r.wire[12:r.qend]) {
+		delete(m.waiting, id)
+	} else {
+		r = nil // a late answer to a resent or failed-over query, or a forgery
+	}
+	m.mu.Unlock()
+	if r != nil {
+		b[0], b[1] = byte(r.id>>8), byte(r.id)
+		r.done(b, nil)
 	}
 }
 

@@ -6,84 +6,62 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"runtime"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/miekg/dns"
-	"golang.org/x/sys/unix"
+
+	"github.com/twill-net/twill/internal/udpsock"
 )
 
 // Listener is one resolver address served over UDP and TCP.
 type Listener struct {
 	Addr netip.AddrPort
-	udp  []*net.UDPConn
+	udp  *udpsock.Socket
 	tcp  *dns.Server
 	wg   sync.WaitGroup
 }
 
-// udpBuffer is the receive buffer of each UDP socket: room for a burst of
+// udpBuffer is the receive buffer of the UDP socket: room for a burst of
 // thousands of queries while the readers are descheduled.
 const udpBuffer = 4 << 20
 
-// reusePort lets several UDP sockets share the resolver's port, so that
-// the kernel spreads queries over one reader per CPU, and gives each a
-// large receive buffer (past rmem_max with CAP_NET_ADMIN, else what the
-// kernel allows).
-func reusePort(network, _ string, c syscall.RawConn) error {
-	var serr error
-	err := c.Control(func(fd uintptr) {
-		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
-		if network == "udp" || network == "udp4" || network == "udp6" {
-			if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, udpBuffer) != nil {
-				unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, udpBuffer)
-			}
-		}
-	})
-	return errors.Join(err, serr)
-}
+// readers is how many goroutines read the UDP socket (a var for the
+// benchmarks).
+var readers = 1
 
-// Listen binds addr over UDP (one socket per CPU, up to four) and TCP (the
-// address must be on the host already) and serves r on all until Close.
-// Each UDP socket has one reader that answers in place (no goroutine per
-// query): twill's names at once, the rest relayed upstream, the answer
-// going back from the upstream socket's reader.
+// Sizes of the UDP readers' batches: a query over 4 KB is no query.
+const (
+	queryBatch = 32
+	maxQuery   = 4096
+)
+
+// Listen binds addr over UDP and TCP (the address must be on the host
+// already) and serves r on both until Close. UDP queries are read in
+// batches by one reader per CPU (up to four), which answers in place: twill's
+// names at once, the rest relayed upstream, the answer going back from the
+// upstream socket's reader. No goroutine is started per query.
 func Listen(addr netip.AddrPort, r *Resolver) (*Listener, error) {
-	lc := net.ListenConfig{Control: reusePort}
-	ctx := context.Background()
-	l := &Listener{}
-	n := min(max(runtime.GOMAXPROCS(0), 1), 4)
-	var pcs []net.PacketConn
-	closeAll := func() {
-		for _, pc := range pcs {
-			pc.Close()
-		}
+	us, err := udpsock.Listen(addr, udpBuffer)
+	if err != nil {
+		return nil, fmt.Errorf("resolver %s/udp: %w (binding port 53 needs CAP_NET_BIND_SERVICE)", addr, err)
 	}
-	for i := range n {
-		pc, err := lc.ListenPacket(ctx, "udp", addr.String())
-		if err != nil {
-			closeAll()
-			return nil, fmt.Errorf("resolver %s/udp: %w (binding port 53 needs CAP_NET_BIND_SERVICE)", addr, err)
-		}
-		if i == 0 {
-			addr = pc.LocalAddr().(*net.UDPAddr).AddrPort() // port 0 (tests): the others take the same port
-		}
-		pcs = append(pcs, pc)
+	if addr, err = us.LocalAddr(); err != nil { // port 0 (tests): TCP takes the same
+		us.Close()
+		return nil, fmt.Errorf("resolver %s/udp: %w", addr, err)
 	}
 	ln, err := net.Listen("tcp", addr.String())
 	if err != nil {
-		closeAll()
+		us.Close()
 		return nil, fmt.Errorf("resolver %s/tcp: %w", addr, err)
 	}
-	l.Addr = addr
-	for _, pc := range pcs {
-		c := pc.(*net.UDPConn)
-		l.udp = append(l.udp, c)
+	l := &Listener{Addr: addr, udp: us}
+	for range readers {
 		l.wg.Add(1)
 		go func() {
 			defer l.wg.Done()
-			serveUDP(c, r)
+			us.Serve(queryBatch, maxQuery, func(b []byte, from netip.AddrPort) { r.ServePacket(us, b, from) },
+				func() { r.Stats.count(Malformed) })
 		}()
 	}
 	// Idle TCP connections are closed after a few seconds; a client
@@ -104,28 +82,11 @@ func Listen(addr netip.AddrPort, r *Resolver) (*Listener, error) {
 	return l, nil
 }
 
-func serveUDP(c *net.UDPConn, r *Resolver) {
-	buf := make([]byte, dns.MaxMsgSize)
-	for {
-		n, src, err := c.ReadFromUDPAddrPort(buf)
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			continue
-		}
-		r.ServePacket(c, buf[:n], src)
-	}
-}
-
 // Close stops serving and waits for the serving goroutines.
 func (l *Listener) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	errs := []error{l.tcp.ShutdownContext(ctx)}
-	for _, c := range l.udp {
-		errs = append(errs, c.Close())
-	}
+	err := errors.Join(l.tcp.ShutdownContext(ctx), l.udp.Close())
 	l.wg.Wait()
-	return errors.Join(errs...)
+	return err
 }
