@@ -3,6 +3,7 @@ package names
 import (
 	"bytes"
 	"context"
+	"errors"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -154,15 +155,14 @@ func (r *Resolver) ServePacket(w PacketWriter, b []byte, src netip.AddrPort) {
 		r.Stats.count(Malformed)
 		return
 	}
+	if name, ok := plainQuestion(b); ok && !r.Table.mayHold(name) {
+		r.relay(w, bytes.Clone(b), src) // no twill name: relayed unparsed
+		return
+	}
 	q := new(dns.Msg)
 	if err := q.Unpack(b); err != nil {
 		r.Stats.count(Malformed)
-		m := new(dns.Msg)
-		m.Id = uint16(b[0])<<8 | uint16(b[1])
-		m.Response = true
-		m.Opcode = int(b[2]>>3) & 0xF
-		m.Rcode = dns.RcodeFormatError
-		r.write(w, m, src, dns.MinMsgSize)
+		r.write(w, headerReply(b, dns.RcodeFormatError), src, dns.MinMsgSize)
 		return
 	}
 	resp, res := r.Answer(src.Addr(), q)
@@ -176,32 +176,112 @@ func (r *Resolver) ServePacket(w PacketWriter, b []byte, src netip.AddrPort) {
 		r.write(w, servfail(q), src, udpSize(q))
 		return
 	}
+	r.relay(w, bytes.Clone(b), src)
+}
+
+// relay forwards the query wire (kept) from src and sends the answer back
+// through w when it comes: as the upstream wrote it, unless it is larger
+// than the client takes over UDP (then truncated), or SERVFAIL.
+func (r *Resolver) relay(w PacketWriter, wire []byte, src netip.AddrPort) {
+	if r.Forward == nil {
+		r.fail(w, wire, src, nil)
+		return
+	}
 	t0 := time.Now()
-	r.Forward.Relay(bytes.Clone(b), t0.Add(r.timeout()), func(a []byte, err error) {
+	r.Forward.Relay(wire, t0.Add(r.timeout()), func(a []byte, err error) {
 		if err != nil {
-			if r.Log != nil {
-				r.Log.Debug("forwarding a DNS query", "name", q.Question[0].Name, "err", err)
-			}
-			r.Stats.count(ForwardFailed)
-			r.write(w, servfail(q), src, udpSize(q))
+			r.fail(w, wire, src, err)
 			return
+		}
+		if len(a) > dns.MinMsgSize { // perhaps over the client's size: look
+			q := new(dns.Msg)
+			if q.Unpack(wire) == nil && len(a) > udpSize(q) {
+				m := new(dns.Msg)
+				if m.Unpack(a) != nil {
+					r.fail(w, wire, src, errors.New("an oversized answer that does not unpack"))
+					return
+				}
+				r.Stats.forwardTook(time.Since(t0))
+				r.Stats.count(Forwarded)
+				m.Id = q.Id
+				r.write(w, m, src, udpSize(q))
+				return
+			}
 		}
 		r.Stats.forwardTook(time.Since(t0))
 		r.Stats.count(Forwarded)
-		if size := udpSize(q); len(a) > size { // an upstream that ignored the client's size
-			m := new(dns.Msg)
-			if m.Unpack(a) != nil {
-				r.Stats.count(ForwardFailed)
-				r.write(w, servfail(q), src, size)
-				return
-			}
-			r.write(w, m, src, size)
-			return
-		}
 		if _, err := w.WriteToUDPAddrPort(a, src); err != nil && r.Log != nil {
 			r.Log.Debug("writing a DNS answer", "to", src, "err", err)
 		}
 	})
+}
+
+// fail answers the query wire with SERVFAIL.
+func (r *Resolver) fail(w PacketWriter, wire []byte, src netip.AddrPort, err error) {
+	r.Stats.count(ForwardFailed)
+	if err != nil && r.Log != nil {
+		r.Log.Debug("forwarding a DNS query", "err", err)
+	}
+	q := new(dns.Msg)
+	if q.Unpack(wire) != nil {
+		r.write(w, headerReply(wire, dns.RcodeServerFailure), src, dns.MinMsgSize)
+		return
+	}
+	r.write(w, servfail(q), src, udpSize(q))
+}
+
+// headerReply is an answer with rcode to the query b that did not unpack:
+// its ID and opcode, nothing else.
+func headerReply(b []byte, rcode int) *dns.Msg {
+	m := new(dns.Msg)
+	m.Id = uint16(b[0])<<8 | uint16(b[1])
+	m.Response = true
+	m.Opcode = int(b[2]>>3) & 0xF
+	m.Rcode = rcode
+	return m
+}
+
+// plainQuestion returns the name asked by a plain query (opcode QUERY, one
+// question, no answer or authority records, at most an OPT record), lower
+// case and without the final dot, or false for anything else or a name
+// that is not plain (a compression pointer, escapes). It does not allocate
+// beyond the name.
+func plainQuestion(b []byte) ([]byte, bool) {
+	if len(b) < 17 || b[2]&0xF8 != 0 || b[4] != 0 || b[5] != 1 || b[6]|b[7]|b[8]|b[9]|b[10] != 0 || b[11] > 1 {
+		return nil, false
+	}
+	name := make([]byte, 0, 64)
+	i := 12
+	for {
+		if i >= len(b) {
+			return nil, false
+		}
+		l := int(b[i])
+		i++
+		if l == 0 {
+			break
+		}
+		if l > 63 || i+l > len(b) {
+			return nil, false
+		}
+		if len(name) > 0 {
+			name = append(name, '.')
+		}
+		for _, c := range b[i : i+l] {
+			switch {
+			case 'A' <= c && c <= 'Z':
+				c += 'a' - 'A'
+			case c == '.' || c == '\\' || c <= ' ' || c >= 0x7F:
+				return nil, false
+			}
+			name = append(name, c)
+		}
+		i += l
+	}
+	if len(name) == 0 || i+4 > len(b) {
+		return nil, false
+	}
+	return name, true
 }
 
 // write sends m to a UDP client, truncated to size.

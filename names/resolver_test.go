@@ -241,6 +241,37 @@ func (p *packets) WriteToUDPAddrPort(b []byte, to netip.AddrPort) (int, error) {
 
 func packed(m *dns.Msg) []byte { b, _ := m.Pack(); return b }
 
+func TestPlainQuestion(t *testing.T) {
+	for name, want := range map[string]string{"Web.Blue.": "web.blue", "example.org.": "example.org", "a\\.b.": "", ".": "", "x y.": ""} {
+		q := new(dns.Msg)
+		q.SetQuestion(name, dns.TypeA)
+		q.SetEdns0(1232, false)
+		b, err := q.Pack()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, ok := plainQuestion(b)
+		if string(got) != want || ok != (want != "") {
+			t.Errorf("%q: %q %v, want %q", name, got, ok, want)
+		}
+	}
+	// An answer, a second question, or an update is not a plain query.
+	q := query("web", dns.TypeA)
+	q.Response = true
+	if _, ok := plainQuestion(packed(q)); ok {
+		t.Error("an answer taken for a query")
+	}
+	q = query("web", dns.TypeA)
+	q.Opcode = dns.OpcodeUpdate
+	if _, ok := plainQuestion(packed(q)); ok {
+		t.Error("an update taken for a query")
+	}
+	b := packed(query("web", dns.TypeA))
+	if _, ok := plainQuestion(b[:len(b)-1]); ok {
+		t.Error("a question without its class taken")
+	}
+}
+
 func TestServePacket(t *testing.T) {
 	up := &fakeUpstream{}
 	r := newResolver(up)
@@ -258,6 +289,21 @@ func TestServePacket(t *testing.T) {
 	r.ServePacket(w, packed(q), cli)
 	if m := last(w); m.Id != q.Id || !slices.Equal(answers(m), []string{"10.96.3.5", "10.96.9.7"}) || up.calls != 0 {
 		t.Fatalf("twill name: %v (upstream called %d times)", m, up.calls)
+	}
+
+	// Names of the querier's network in any case and as name.network are
+	// twill's; a name held only on another network is forwarded.
+	for _, n := range []string{"WEB", "web.Blue", "proj-web-2.blue"} {
+		w = &packets{}
+		r.ServePacket(w, packed(query(n, dns.TypeA)), cli)
+		if m := last(w); len(answers(m)) == 0 || up.calls != 0 {
+			t.Fatalf("%s: %v (upstream called %d times)", n, m, up.calls)
+		}
+	}
+	w = &packets{}
+	r.ServePacket(w, packed(query("db", dns.TypeA)), cli)
+	if m := last(w); answers(m)[0] != "198.51.100.7" || up.calls != 1 {
+		t.Fatalf("red's db asked from blue: %v", m)
 	}
 
 	w = &packets{}
@@ -303,7 +349,7 @@ func TestServePacket(t *testing.T) {
 		t.Fatalf("failed upstream: %v", m)
 	}
 	s := r.Stats.Snapshot()
-	want := map[string]uint64{"local": 1, "forwarded": 2, "dropped": 1, "malformed": 3, "forward_failed": 1, "empty": 0}
+	want := map[string]uint64{"local": 4, "forwarded": 3, "dropped": 1, "malformed": 3, "forward_failed": 1, "empty": 0}
 	if !maps.Equal(s.Queries, want) {
 		t.Fatalf("counters %v, want %v", s.Queries, want)
 	}

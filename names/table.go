@@ -132,6 +132,25 @@ func (t *Table) Len() int {
 	return len(t.recs)
 }
 
+// mayHold reports whether name (lower case, no final dot) is a name of any
+// network, or name.network of one: when it is not, no querier can get a
+// twill answer for it. It does not allocate.
+func (t *Table) mayHold(name []byte) bool {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	for nw, names := range t.byName {
+		if _, ok := names[string(name)]; ok {
+			return true
+		}
+		if n := len(name) - len(nw) - 1; n > 0 && name[n] == '.' && string(name[n+1:]) == nw {
+			if _, ok := names[string(name[:n])]; ok {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // Lookup returns the addresses name (a lookupName) has for a querier: a
 // container sees the names of the networks its address is on; the host
 // (anyHost) sees every network's. "web.blue" asks for web on network blue,
