@@ -16,8 +16,12 @@
 //     what it no longer holds.
 //   - Docker: learns this host's endpoints from dockerd's API (events plus a
 //     full resync after every (re)connect), never inside a plugin request.
-//   - Resolver: a miekg/dns handler answering from a Table by the querier's
-//     network, forwarding the rest through a Forwarder.
+//   - Resolver: answers from a Table by the querier's network and forwards
+//     the rest through a Forwarder. Listen serves it on the overlay's
+//     resolver address: UDP datagrams on internal/udpsock sockets, answered
+//     in place by one reader (ServePacket; a name no network holds is relayed
+//     unparsed, the upstream socket's reader sending the answer back), TCP
+//     through miekg/dns's server (ServeDNS).
 //
 // Schema. One key per container endpoint on a twill network:
 //

@@ -34,6 +34,8 @@ func TestDependenciesPointOneWay(t *testing.T) {
 		// names: records, resolver and the Docker watcher; the address it
 		// listens on is put on the host by the datapath, wired in cmd.
 		{"names", []string{"github.com/vishvananda/netlink", module + "datapath", module + "driver", module + "ipam", module + "plugin", module + "internal/subnet", module + "cmd", "github.com/docker/go-plugins-helpers"}},
+		// udpsock: sockets only; the resolver and the testbed's stub use it.
+		{"internal/udpsock", []string{module + "names", module + "datapath", module + "driver", module + "ipam", module + "plugin", module + "internal/subnet", module + "cmd", "go.etcd.io/etcd", "github.com/miekg/dns"}},
 		{"internal/subnet", []string{module + "datapath", module + "driver", module + "ipam", module + "plugin", "github.com/docker/go-plugins-helpers"}},
 	}
 	for _, r := range rules {
