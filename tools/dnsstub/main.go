@@ -61,10 +61,10 @@ func serve(args []string) error {
 	// tens of milliseconds. Collect rarely; the heap stays small anyway.
 	debug.SetGCPercent(2000)
 	errs := make(chan error, 3)
-	// UDP: one socket read by two loops that answer in place, with blocking
-	// batched system calls and no goroutine or allocation per query beyond
-	// the library's parsing: the stub stands in for resolvers on other
-	// machines, so it should take as little of this one's CPU as it can.
+	// UDP: one socket, read in batches by one loop that answers in place,
+	// with no goroutine or allocation per query beyond the library's
+	// parsing: the stub stands in for resolvers on other machines, so it
+	// should take as little of this one's CPU as it can.
 	addr, err := netip.ParseAddrPort(*listen)
 	if err != nil {
 		return err
@@ -74,20 +74,18 @@ func serve(args []string) error {
 		return err
 	}
 	closers := []func() error{us.Close}
-	for range 1 {
-		go func() {
-			var q dns.Msg
-			out := make([]byte, dns.MaxMsgSize)
-			us.Serve(32, dns.MaxMsgSize, func(b []byte, from netip.AddrPort) {
-				if q.Unpack(b) != nil || q.Response {
-					return // what does not parse as a DNS query gets no answer
-				}
-				if a, err := answer(&q, z, true).PackBuffer(out); err == nil {
-					us.WriteToUDPAddrPort(a, from)
-				}
-			}, nil)
-		}()
-	}
+	go func() {
+		var q dns.Msg
+		out := make([]byte, dns.MaxMsgSize)
+		us.Serve(32, dns.MaxMsgSize, func(b []byte, from netip.AddrPort) {
+			if q.Unpack(b) != nil || q.Response {
+				return // what does not parse as a DNS query gets no answer
+			}
+			if a, err := answer(&q, z, true).PackBuffer(out); err == nil {
+				us.WriteToUDPAddrPort(a, from)
+			}
+		}, nil)
+	}()
 	h := dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) { w.WriteMsg(answer(q, z, false)) })
 	tcp := &dns.Server{Addr: *listen, Net: "tcp", Handler: h}
 	go func() { errs <- tcp.ListenAndServe() }()
