@@ -86,10 +86,12 @@ func dnsperf(t *testing.T, h host, c string, seconds int, queries ...string) per
 }
 
 // namesLoad: dnsperf from a container namespace, names held by twill and
-// names forwarded to the underlay resolver. The figures are logged; the
-// throughput and p99 bars (20,000 q/s, 5 ms) are checked with
-// TWILL_DNSPERF_STRICT=1 (on a machine nobody else loads); lost queries and
-// errors always fail.
+// names forwarded to the underlay resolver, each at dnsperfRate for 5 s:
+// none lost, every answer NOERROR, and the bars of 20,000 q/s answered with
+// p99 under 5 ms. A run under the bars is repeated once (the machine is
+// shared: one noisy 5 s window is not the resolver); both must miss to
+// fail. TWILL_DNSPERF_STRICT=0 only logs the bars, for a machine that other
+// work loads.
 func (s *scenario) namesLoad(t *testing.T) {
 	h1, h2 := hosts()[0], hosts()[1]
 	h1.mustDocker(t, runArgs("perf-web", "blue", "--network-alias", "perfweb")...)
@@ -105,7 +107,7 @@ func (s *scenario) namesLoad(t *testing.T) {
 		}
 		return nil
 	})
-	strict := os.Getenv("TWILL_DNSPERF_STRICT") == "1"
+	strict := os.Getenv("TWILL_DNSPERF_STRICT") != "0"
 	for _, c := range []struct {
 		name    string
 		queries []string
@@ -113,13 +115,22 @@ func (s *scenario) namesLoad(t *testing.T) {
 		{"twill names", []string{"perfweb A", "perf-web A", "perfweb.blue A"}},
 		{"forwarded", []string{"www.twe A", "a.twe A", "b.twe A"}},
 	} {
-		p := dnsperf(t, h2, "perf-cli", 5, c.queries...)
-		t.Logf("dnsperf, %s: %v", c.name, p)
-		if p.lost > 0 || p.rcodes["NOERROR"] != sum(p.rcodes) {
-			t.Errorf("%s: queries lost or failed: %v", c.name, p)
-		}
-		if strict && (p.qps < 20000 || p.p99 >= 5*time.Millisecond) {
-			t.Errorf("%s: below the bar (20,000 q/s, p99 < 5 ms): %v", c.name, p)
+		for try := 1; ; try++ {
+			p := dnsperf(t, h2, "perf-cli", 5, c.queries...)
+			t.Logf("dnsperf, %s: %v", c.name, p)
+			if p.lost > 0 || p.rcodes["NOERROR"] != sum(p.rcodes) {
+				t.Errorf("%s: queries lost or failed: %v", c.name, p)
+			}
+			if p.qps >= 20000 && p.p99 < 5*time.Millisecond {
+				break
+			}
+			if try == 2 {
+				if strict {
+					t.Errorf("%s: below the bar (20,000 q/s, p99 < 5 ms) twice: %v", c.name, p)
+				}
+				break
+			}
+			t.Logf("%s: below the bar (20,000 q/s, p99 < 5 ms); once more", c.name)
 		}
 	}
 }
