@@ -37,7 +37,7 @@ const (
 // batches by one reader, which answers in place: twill's names at once, the
 // rest relayed upstream, the answer going back from the upstream socket's
 // reader. No goroutine is started per query; one reader batching what
-// queued while it worked costs less CPU than readers woken per query (four
+// queued while it worked costs less CPU than readers woken per query (two
 // readers: 31 µs of twilld's CPU per local answer under dnsperf; one: 18).
 func Listen(addr netip.AddrPort, r *Resolver) (*Listener, error) {
 	us, err := udpsock.Listen(addr, udpBuffer)
