@@ -66,7 +66,7 @@ func startUpstream(t testing.TB, n int) *upstream {
 // listenForwarding serves testTable's names on a loopback Listener and
 // forwards the rest to up; both close when the test ends. Queries from
 // loopback count as the host's.
-func listenForwarding(t testing.TB, up *upstream) *Listener {
+func listenForwarding(t testing.TB, up *upstream) (*Listener, *Resolver) {
 	t.Helper()
 	f := NewForwarder([]netip.AddrPort{up.addr}, time.Second)
 	t.Cleanup(f.Close)
@@ -76,7 +76,7 @@ func listenForwarding(t testing.TB, up *upstream) *Listener {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { l.Close() })
-	return l
+	return l, r
 }
 
 func itoa(i int) string { return netip.AddrFrom4([4]byte{0, 0, 0, byte(i)}).String()[6:] }
@@ -137,7 +137,7 @@ func TestForwarderFailsOver(t *testing.T) {
 // answers twill names and forwards the rest to the upstream, UDP and TCP.
 func TestListenerEndToEnd(t *testing.T) {
 	up := startUpstream(t, 1)
-	l := listenForwarding(t, up)
+	l, r := listenForwarding(t, up)
 	for _, proto := range []string{"udp", "tcp"} {
 		c := &dns.Client{Net: proto, Timeout: 2 * time.Second}
 		resp, _, err := c.Exchange(query("web", dns.TypeA), l.Addr.String())
@@ -156,9 +156,21 @@ func TestListenerEndToEnd(t *testing.T) {
 		nc.Write([]byte{0, 3, 1, 2, 3})
 		nc.Close()
 	}
+	// A datagram over 4 KB is no query: dropped and counted, not read in part.
+	big := packed(query("example.org", dns.TypeA))
+	big = append(big, make([]byte, 5000)...)
+	nc, err := net.Dial("udp", l.Addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc.Write(big)
+	nc.Close()
 	c := &dns.Client{Net: "udp", Timeout: 2 * time.Second}
 	if _, _, err := c.Exchange(query("web", dns.TypeA), l.Addr.String()); err != nil {
 		t.Fatalf("after garbage: %v", err)
+	}
+	if m := r.Stats.Snapshot().Queries["malformed"]; m != 2 { // the UDP garbage and the oversized one
+		t.Fatalf("malformed queries counted: %d, want 2", m)
 	}
 	if up.queries.Load() != 2 {
 		t.Fatalf("upstream saw %d queries, want 2", up.queries.Load())
