@@ -7,7 +7,10 @@
 #     alternating rounds, medians, ratios to VXLAN, ping RTT, forwarder CPU;
 #  2. the forwarder's per-packet work (-benchmem: allocations per packet);
 #  3. the lease manager with 1000 existing leases;
-#  4. the plugin API through its socket (RequestAddress, CreateEndpoint+Join).
+#  4. the plugin API through its socket (RequestAddress, CreateEndpoint+Join);
+#  5. the names resolver: per query without sockets (allocations), a table of
+#     10,000 names, and a forwarded query end to end on loopback. (Its load
+#     figures under dnsperf come from the e2e step NamesLoad.)
 # Env: TWILL_BENCH_ROUNDS (3), TWILL_BENCH_SECONDS (5), TWILL_BENCH_MODES.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,8 +38,10 @@ echo "== lease manager (1000 existing leases)"
 go test -run '^$' -bench . -benchtime 200x ./internal/subnet/ | tee bench/leases.txt
 echo "== plugin API through the socket"
 go test -run '^$' -bench . ./plugin/ | tee bench/plugin.txt
+echo "== names resolver"
+go test -run '^$' -bench . -benchmem ./names/ | tee bench/names.txt
 {
-  for f in hotpath leases plugin; do
+  for f in hotpath leases plugin names; do
     echo; echo "## $f"; echo; echo '```'; grep -E '^(Benchmark|goos|cpu)' "bench/$f.txt"; echo '```'
   done
 } >> bench/results.md
