@@ -41,6 +41,7 @@ type Forwarder struct {
 	muxes    [][]*udpMux // per upstream, opened on first use
 	sweeping bool
 	stop     chan struct{}
+	busy     chan struct{} // a query was sent: wakes an idle sweeper
 	closed   bool
 }
 
@@ -54,7 +55,8 @@ func NewForwarder(upstreams []netip.AddrPort, timeout time.Duration) *Forwarder 
 	if timeout == 0 {
 		timeout = 2 * time.Second
 	}
-	return &Forwarder{upstreams: upstreams, timeout: timeout, muxes: make([][]*udpMux, len(upstreams)), stop: make(chan struct{})}
+	return &Forwarder{upstreams: upstreams, timeout: timeout, muxes: make([][]*udpMux, len(upstreams)),
+		stop: make(chan struct{}), busy: make(chan struct{}, 1)}
 }
 
 // Close closes the forwarder's sockets; queries in flight fail.
@@ -271,7 +273,7 @@ func (f *Forwarder) mux(i int) (*udpMux, error) {
 	}
 	if f.muxes[i] == nil {
 		for range muxPerUpstream {
-			m, err := dialMux(f.upstreams[i])
+			m, err := dialMux(f.upstreams[i], f.busy)
 			if err != nil {
 				for _, o := range f.muxes[i] {
 					o.close()
@@ -293,9 +295,11 @@ func (f *Forwarder) mux(i int) (*udpMux, error) {
 // sweep looks at the queries in flight a dozen times per try: UDP loses
 // datagrams (a full socket buffer on a busy upstream), so, like a stub
 // resolver, a query unanswered for a third of its try is sent once more;
-// one unanswered for the whole try moves to the next upstream.
+// one unanswered for the whole try moves to the next upstream. With nothing
+// in flight it sleeps until a query is sent.
 func (f *Forwarder) sweep() {
-	tick := time.NewTicker(min(max(f.timeout/12, 5*time.Millisecond), 50*time.Millisecond))
+	every := min(max(f.timeout/12, 5*time.Millisecond), 50*time.Millisecond)
+	tick := time.NewTicker(every)
 	defer tick.Stop()
 	for {
 		select {
@@ -310,14 +314,25 @@ func (f *Forwarder) sweep() {
 		}
 		f.mu.Unlock()
 		now := time.Now()
+		inFlight := 0
 		for _, m := range ms {
-			late, resend := m.due(now, f.timeout)
+			late, resend, left := m.due(now, f.timeout)
 			for _, wire := range resend {
 				m.conn.Write(wire) // a failure leaves the first try to time out
 			}
 			for _, r := range late {
 				f.try(r, r.up+1, errTimeout)
 			}
+			inFlight += left + len(late) // the late ones may be on the next upstream now
+		}
+		if inFlight == 0 {
+			tick.Stop()
+			select {
+			case <-f.stop:
+				return
+			case <-f.busy:
+			}
+			tick.Reset(every)
 		}
 	}
 }
@@ -327,18 +342,19 @@ func (f *Forwarder) sweep() {
 // with that ID and the query's question goes to the query's callback.
 type udpMux struct {
 	conn *udpsock.Socket
+	busy chan<- struct{} // the forwarder's sweeper's
 
 	mu      sync.Mutex
 	waiting map[uint16]*relayed
 	closed  bool
 }
 
-func dialMux(up netip.AddrPort) (*udpMux, error) {
+func dialMux(up netip.AddrPort, busy chan<- struct{}) (*udpMux, error) {
 	c, err := udpsock.Dial(up)
 	if err != nil {
 		return nil, err
 	}
-	m := &udpMux{conn: c, waiting: map[uint16]*relayed{}}
+	m := &udpMux{conn: c, busy: busy, waiting: map[uint16]*relayed{}}
 	go c.Serve(answerBatch, dns.MaxMsgSize, m.answer, nil)
 	return m, nil
 }
@@ -368,6 +384,10 @@ func (m *udpMux) send(r *relayed, up int) error {
 	r.up, r.sent, r.resent = up, time.Now(), false
 	m.waiting[id] = r
 	m.mu.Unlock()
+	select {
+	case m.busy <- struct{}{}:
+	default: // the sweeper is awake or already woken
+	}
 	if _, err := m.conn.Write(r.wire); err != nil {
 		m.mu.Lock()
 		mine := m.waiting[id] == r
@@ -383,8 +403,8 @@ func (m *udpMux) send(r *relayed, up int) error {
 }
 
 // due takes out the queries past their try or deadline and returns them,
-// with the queries to send once more.
-func (m *udpMux) due(now time.Time, try time.Duration) (late []*relayed, resend [][]byte) {
+// with the queries to send once more and how many stay waiting.
+func (m *udpMux) due(now time.Time, try time.Duration) (late []*relayed, resend [][]byte, left int) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for id, r := range m.waiting {
@@ -398,7 +418,7 @@ func (m *udpMux) due(now time.Time, try time.Duration) (late []*relayed, resend 
 			resend = append(resend, r.wire)
 		}
 	}
-	return late, resend
+	return late, resend, len(m.waiting)
 }
 
 // answer hands an upstream's answer to the query waiting for it.

@@ -120,13 +120,20 @@ func TestForwarderFailsOver(t *testing.T) {
 	live := startUpstream(t, 1)
 	f := NewForwarder([]netip.AddrPort{dead.LocalAddr().(*net.UDPAddr).AddrPort(), live.addr}, 200*time.Millisecond)
 	defer f.Close()
-	t0 := time.Now()
-	resp, err := f.Exchange(context.Background(), query("example.org", dns.TypeA), false)
-	if err != nil || len(resp.Answer) != 1 {
-		t.Fatalf("%v %v", err, resp)
-	}
-	if d := time.Since(t0); d < 200*time.Millisecond || d > time.Second {
-		t.Fatalf("took %v", d)
+	// Twice, the second time after the sweeper found nothing in flight and
+	// went to sleep: the query wakes it.
+	for round := range 2 {
+		if round == 1 {
+			time.Sleep(300 * time.Millisecond)
+		}
+		t0 := time.Now()
+		resp, err := f.Exchange(context.Background(), query("example.org", dns.TypeA), false)
+		if err != nil || len(resp.Answer) != 1 {
+			t.Fatalf("round %d: %v %v", round, err, resp)
+		}
+		if d := time.Since(t0); d < 200*time.Millisecond || d > time.Second {
+			t.Fatalf("round %d took %v", round, d)
+		}
 	}
 	if _, err := NewForwarder(nil, 0).Exchange(context.Background(), query("x", dns.TypeA), false); err != ErrNoUpstream {
 		t.Fatalf("no upstreams: %v", err)
