@@ -140,6 +140,26 @@ func TestForwarderFailsOver(t *testing.T) {
 	}
 }
 
+// An upstream whose port is closed answers with ICMP port unreachable: the
+// socket's reader reads on, and the next upstream answers after one try.
+func TestForwarderRefusedUpstream(t *testing.T) {
+	closed, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := closed.LocalAddr().(*net.UDPAddr).AddrPort()
+	closed.Close()
+	live := startUpstream(t, 1)
+	f := NewForwarder([]netip.AddrPort{port, live.addr}, 200*time.Millisecond)
+	defer f.Close()
+	for round := range 3 {
+		resp, err := f.Exchange(context.Background(), query("example.org", dns.TypeA), false)
+		if err != nil || len(resp.Answer) != 1 {
+			t.Fatalf("round %d: %v %v", round, err, resp)
+		}
+	}
+}
+
 // The whole path over real sockets: a client queries a Listener, which
 // answers twill names and forwards the rest to the upstream, UDP and TCP.
 func TestListenerEndToEnd(t *testing.T) {

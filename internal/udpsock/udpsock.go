@@ -18,6 +18,7 @@ import (
 	"net/netip"
 	"os"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -179,6 +180,7 @@ func (s *Socket) Serve(batch, size int, fn func(b []byte, from netip.AddrPort), 
 		hdrs[i].Hdr.SetIovlen(1)
 		hdrs[i].Hdr.Name = (*byte)(unsafe.Pointer(&names[i]))
 	}
+	errs := 0 // in a row
 	for {
 		for i := range hdrs {
 			hdrs[i].Hdr.Namelen = uint32(unsafe.Sizeof(names[i]))
@@ -194,8 +196,14 @@ func (s *Socket) Serve(batch, size int, fn func(b []byte, from netip.AddrPort), 
 			return // closed
 		}
 		if errno != 0 {
-			continue // a signal, an ICMP error on a connected socket
+			// A signal, an ICMP error on a connected socket: read on. One
+			// that persists does not get to spin a CPU.
+			if errs++; errs > 100 {
+				time.Sleep(10 * time.Millisecond)
+			}
+			continue
 		}
+		errs = 0
 		for i := range int(n) {
 			h := &hdrs[i]
 			if h.Hdr.Flags&unix.MSG_TRUNC != 0 {
