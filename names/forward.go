@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/miekg/dns"
@@ -155,6 +156,7 @@ var (
 	errTimeout  = errors.New("no answer in time")
 	errQuestion = errors.New("a query must have one question")
 	errBusy     = errors.New("too many queries in flight")
+	errRefused  = errors.New("port unreachable")
 )
 
 // Relay forwards wire, a packed UDP query that it keeps, through the
@@ -273,7 +275,7 @@ func (f *Forwarder) mux(i int) (*udpMux, error) {
 	}
 	if f.muxes[i] == nil {
 		for range muxPerUpstream {
-			m, err := dialMux(f.upstreams[i], f.busy)
+			m, err := dialMux(f.upstreams[i], f.busy, f.try)
 			if err != nil {
 				for _, o := range f.muxes[i] {
 					o.close()
@@ -349,13 +351,23 @@ type udpMux struct {
 	closed  bool
 }
 
-func dialMux(up netip.AddrPort, busy chan<- struct{}) (*udpMux, error) {
+func dialMux(up netip.AddrPort, busy chan<- struct{}, retry func(r *relayed, up int, err error)) (*udpMux, error) {
 	c, err := udpsock.Dial(up)
 	if err != nil {
 		return nil, err
 	}
 	m := &udpMux{conn: c, busy: busy, waiting: map[uint16]*relayed{}}
-	go c.Serve(answerBatch, dns.MaxMsgSize, m.answer, nil)
+	go c.Serve(answerBatch, dns.MaxMsgSize, m.answer, func(err error) {
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			// The upstream's port is closed (ICMP port unreachable). It does
+			// not say which query; every one waiting here went to that port,
+			// so all move on to the next upstream now, as Docker's resolver
+			// does, instead of waiting out their try.
+			for _, r := range m.takeAll() {
+				retry(r, r.up+1, errRefused)
+			}
+		}
+	})
 	return m, nil
 }
 
@@ -441,16 +453,24 @@ func (m *udpMux) answer(b []byte, _ netip.AddrPort) {
 	}
 }
 
+// takeAll takes every waiting query out and returns them.
+func (m *udpMux) takeAll() []*relayed {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []*relayed
+	for id, r := range m.waiting {
+		delete(m.waiting, id)
+		out = append(out, r)
+	}
+	return out
+}
+
 // close closes the socket and returns the queries that were waiting.
 func (m *udpMux) close() []*relayed {
 	m.mu.Lock()
 	m.closed = true
-	var orphans []*relayed
-	for id, r := range m.waiting {
-		delete(m.waiting, id)
-		orphans = append(orphans, r)
-	}
 	m.mu.Unlock()
+	orphans := m.takeAll()
 	m.conn.Close()
 	return orphans
 }

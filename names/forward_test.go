@@ -141,7 +141,8 @@ func TestForwarderFailsOver(t *testing.T) {
 }
 
 // An upstream whose port is closed answers with ICMP port unreachable: the
-// socket's reader reads on, and the next upstream answers after one try.
+// query moves on to the next upstream at once, not after its try, and the
+// socket's reader reads on.
 func TestForwarderRefusedUpstream(t *testing.T) {
 	closed, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
@@ -153,9 +154,13 @@ func TestForwarderRefusedUpstream(t *testing.T) {
 	f := NewForwarder([]netip.AddrPort{port, live.addr}, 200*time.Millisecond)
 	defer f.Close()
 	for round := range 3 {
+		t0 := time.Now()
 		resp, err := f.Exchange(context.Background(), query("example.org", dns.TypeA), false)
 		if err != nil || len(resp.Answer) != 1 {
 			t.Fatalf("round %d: %v %v", round, err, resp)
+		}
+		if d := time.Since(t0); d > 150*time.Millisecond {
+			t.Fatalf("round %d took %v: the refusal was not taken as an answer", round, d)
 		}
 	}
 }

@@ -60,7 +60,11 @@ func Listen(addr netip.AddrPort, r *Resolver) (*Listener, error) {
 	go func() {
 		defer l.wg.Done()
 		us.Serve(queryBatch, maxQuery, func(b []byte, from netip.AddrPort) { r.ServePacket(us, b, from) },
-			func() { r.Stats.count(Malformed) })
+			func(err error) {
+				if errors.Is(err, udpsock.ErrOversize) {
+					r.Stats.count(Malformed)
+				}
+			})
 	}()
 	// Idle TCP connections are closed after a few seconds; a client
 	// sending nothing cannot hold one longer.

@@ -164,11 +164,16 @@ func (s *Socket) send(b []byte, sa, salen uintptr) (int, error) {
 	return int(n), nil
 }
 
+// ErrOversize is what Serve reports for a datagram over its size, dropped.
+var ErrOversize = errors.New("datagram over the reader's size, dropped")
+
 // Serve reads datagrams in batches of up to batch until Close and hands
 // each to fn with its sender, on the calling goroutine; b is valid during
-// the call only. Datagrams over size bytes are dropped and counted by
-// oversize (if not nil).
-func (s *Socket) Serve(batch, size int, fn func(b []byte, from netip.AddrPort), oversize func()) {
+// the call only. What is not a datagram goes to fail, if not nil, on the
+// same goroutine: ErrOversize for a datagram over size bytes (dropped), or
+// the read's error (syscall.ECONNREFUSED: an ICMP port unreachable from a
+// connected socket's peer); reading goes on.
+func (s *Socket) Serve(batch, size int, fn func(b []byte, from netip.AddrPort), fail func(error)) {
 	bufs := make([]byte, batch*size)
 	names := make([]rawSockaddr, batch)
 	iovs := make([]unix.Iovec, batch)
@@ -198,6 +203,9 @@ func (s *Socket) Serve(batch, size int, fn func(b []byte, from netip.AddrPort), 
 		if errno != 0 {
 			// A signal, an ICMP error on a connected socket: read on. One
 			// that persists does not get to spin a CPU.
+			if fail != nil && errno != unix.EINTR {
+				fail(errno)
+			}
 			if errs++; errs > 100 {
 				time.Sleep(10 * time.Millisecond)
 			}
@@ -207,8 +215,8 @@ func (s *Socket) Serve(batch, size int, fn func(b []byte, from netip.AddrPort), 
 		for i := range int(n) {
 			h := &hdrs[i]
 			if h.Hdr.Flags&unix.MSG_TRUNC != 0 {
-				if oversize != nil {
-					oversize()
+				if fail != nil {
+					fail(ErrOversize)
 				}
 				continue
 			}

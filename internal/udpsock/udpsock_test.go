@@ -29,7 +29,11 @@ func TestEchoAndClose(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			srv.Serve(16, 512, func(b []byte, from netip.AddrPort) { srv.WriteToUDPAddrPort(b, from) },
-				func() { oversized.Add(1) })
+				func(err error) {
+					if errors.Is(err, ErrOversize) {
+						oversized.Add(1)
+					}
+				})
 		}()
 	}
 
