@@ -77,7 +77,7 @@ func (f *Forwarder) Close() {
 	}
 	f.mu.Unlock()
 	for _, r := range orphans {
-		r.done(nil, errClosed)
+		r.finish(nil, errClosed)
 	}
 }
 
@@ -159,9 +159,10 @@ var (
 	errRefused  = errors.New("port unreachable")
 )
 
-// Relay forwards wire, a packed UDP query that it keeps, through the
-// upstreams until deadline and calls done exactly once: with the answer
-// under the query's own ID (valid only during the call), or with an error.
+// Relay forwards wire, a packed UDP query that it keeps (writing IDs of its
+// own into it, the query's own back before done), through the upstreams
+// until deadline and calls done exactly once: with the answer under the
+// query's own ID (valid only during the call), or with an error.
 // done may run on Relay's caller or on a socket's reader; it must not block.
 func (f *Forwarder) Relay(wire []byte, deadline time.Time, done func([]byte, error)) {
 	if len(f.upstreams) == 0 {
@@ -191,6 +192,12 @@ type relayed struct {
 	done     func([]byte, error)
 }
 
+// finish gives the query its asker's ID back and calls done.
+func (r *relayed) finish(answer []byte, err error) {
+	r.wire[0], r.wire[1] = byte(r.id>>8), byte(r.id)
+	r.done(answer, err)
+}
+
 // try sends r to upstream up, or the first one after it that takes it;
 // past the last, r fails with err and what the others said.
 func (f *Forwarder) try(r *relayed, up int, err error) {
@@ -206,7 +213,7 @@ func (f *Forwarder) try(r *relayed, up int, err error) {
 			return
 		}
 		if err == errClosed {
-			r.done(nil, err)
+			r.finish(nil, err)
 			return
 		}
 		r.errs = append(r.errs, fmt.Errorf("upstream %s: %w", f.upstreams[up], err))
@@ -214,7 +221,7 @@ func (f *Forwarder) try(r *relayed, up int, err error) {
 	if len(r.errs) == 0 {
 		r.errs = append(r.errs, errTimeout)
 	}
-	r.done(nil, errors.Join(r.errs...))
+	r.finish(nil, errors.Join(r.errs...))
 }
 
 // questionEnd returns where the one question of a packed query ends.
@@ -427,7 +434,7 @@ func (m *udpMux) due(now time.Time, try time.Duration) (late []*relayed, resend 
 			late = append(late, r)
 		case !r.resent && age >= try/3:
 			r.resent = true
-			resend = append(resend, r.wire)
+			resend = append(resend, bytes.Clone(r.wire)) // its owner may rewrite the ID once it is taken out
 		}
 	}
 	return late, resend, len(m.waiting)
@@ -449,7 +456,7 @@ func (m *udpMux) answer(b []byte, _ netip.AddrPort) {
 	m.mu.Unlock()
 	if r != nil {
 		b[0], b[1] = byte(r.id>>8), byte(r.id)
-		r.done(b, nil)
+		r.finish(b, nil)
 	}
 }
 

@@ -19,6 +19,7 @@ import (
 type upstream struct {
 	addr    netip.AddrPort
 	n       int
+	rude    atomic.Bool // answers whole over UDP, whatever the client's size
 	queries atomic.Int64
 	sawEDNS atomic.Int64
 }
@@ -51,7 +52,7 @@ func startUpstream(t testing.TB, n int) *upstream {
 			rr, _ := dns.NewRR(q.Question[0].Name + " 60 IN A 198.51.100." + itoa(i+1))
 			m.Answer = append(m.Answer, rr)
 		}
-		if _, udp := w.RemoteAddr().(*net.UDPAddr); udp {
+		if _, udp := w.RemoteAddr().(*net.UDPAddr); udp && !u.rude.Load() {
 			m.Truncate(size)
 		}
 		w.WriteMsg(m)
@@ -137,6 +138,57 @@ func TestForwarderFailsOver(t *testing.T) {
 	}
 	if _, err := NewForwarder(nil, 0).Exchange(context.Background(), query("x", dns.TypeA), false); err != ErrNoUpstream {
 		t.Fatalf("no upstreams: %v", err)
+	}
+}
+
+// Through a real forwarder over UDP, the client gets its own ID back on an
+// answer, on an answer too large for it (truncated by twill) and on
+// SERVFAIL when no upstream answers.
+func TestListenerKeepsClientIDs(t *testing.T) {
+	big := startUpstream(t, 60)
+	big.rude.Store(true)
+	dead, err := net.ListenPacket("udp", "127.0.0.1:0") // never answers
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dead.Close()
+	for _, c := range []struct {
+		name string
+		up   netip.AddrPort
+		want func(*dns.Msg) bool
+	}{
+		{"an oversized answer", big.addr, func(m *dns.Msg) bool { return m.Truncated && m.Rcode == dns.RcodeSuccess }},
+		{"no answer", dead.LocalAddr().(*net.UDPAddr).AddrPort(), func(m *dns.Msg) bool { return m.Rcode == dns.RcodeServerFailure }},
+	} {
+		f := NewForwarder([]netip.AddrPort{c.up}, 100*time.Millisecond)
+		defer f.Close()
+		r := &Resolver{Table: testTable(), Overlay: netip.MustParsePrefix("10.96.0.0/16"), TTL: 1, Stats: &Stats{}, Forward: f, Timeout: 300 * time.Millisecond}
+		l, err := Listen(netip.MustParseAddrPort("127.0.0.1:0"), r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		nc, err := net.Dial("udp", l.Addr.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		q := query("example.org", dns.TypeA)
+		q.Id = 0xbeef
+		nc.Write(packed(q))
+		nc.SetReadDeadline(time.Now().Add(2 * time.Second))
+		b := make([]byte, 4096)
+		n, err := nc.Read(b)
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		m := new(dns.Msg)
+		if err := m.Unpack(b[:n]); err != nil && !(n > 2 && b[2]&0x02 != 0) {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		if m.Id != 0xbeef || n > 512 || !c.want(m) {
+			t.Fatalf("%s: id %#x, %d bytes: %v", c.name, m.Id, n, m)
+		}
 	}
 }
 
