@@ -48,7 +48,7 @@ func BenchmarkTable10k(b *testing.B) {
 // client, resolver, forwarder, upstream, back (all in this process; its CPU
 // profile tells the resolver's and forwarder's share).
 func BenchmarkForwardUDP(b *testing.B) {
-	l, _ := listenForwarding(b, startUpstream(b, 1))
+	l, _ := listenForwarding(b, NewForwarder([]netip.AddrPort{startUpstream(b, 1).addr}, time.Second))
 	b.ReportAllocs()
 	b.SetParallelism(8)
 	b.RunParallel(func(pb *testing.PB) {

@@ -9,9 +9,9 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -28,27 +28,21 @@ const DefaultResolvConf = "/etc/resolv.conf"
 // order, the next one when one fails or times out, as Docker's resolver
 // does; the first answer (NXDOMAIN included) ends the lookup. UDP queries
 // are relayed as they came (their EDNS0 record included, so the upstream
-// sizes its answer for the client) over a few connected sockets per
-// upstream, under IDs of the forwarder's own so that clients' IDs never
-// collide; each socket's reader hands an answer to its query's callback at
-// once, and a sweeper resends and fails over. TCP queries go over a fresh
-// connection each.
+// sizes its answer for the client) over one connected socket per upstream,
+// under IDs of the forwarder's own so that clients' IDs never collide; the
+// socket's reader hands an answer to its query's callback at once, and a
+// sweeper resends and fails over. TCP queries go over a fresh connection
+// each.
 type Forwarder struct {
 	upstreams []netip.AddrPort
 	timeout   time.Duration // per upstream try
-	next      atomic.Uint32
+	stop      chan struct{}
+	busy      chan struct{} // a query was sent: wakes an idle sweeper
 
-	mu       sync.Mutex
-	muxes    [][]*udpMux // per upstream, opened on first use
-	sweeping bool
-	stop     chan struct{}
-	busy     chan struct{} // a query was sent: wakes an idle sweeper
-	closed   bool
+	mu     sync.Mutex
+	muxes  []*udpMux // per upstream, opened on first use
+	closed bool
 }
-
-// muxPerUpstream is how many UDP sockets each upstream gets (each has 65,536
-// IDs and a reader).
-const muxPerUpstream = 1
 
 // NewForwarder forwards to upstreams, giving each try timeout (0 = 2 s).
 // Close releases its sockets.
@@ -56,8 +50,10 @@ func NewForwarder(upstreams []netip.AddrPort, timeout time.Duration) *Forwarder 
 	if timeout == 0 {
 		timeout = 2 * time.Second
 	}
-	return &Forwarder{upstreams: upstreams, timeout: timeout, muxes: make([][]*udpMux, len(upstreams)),
+	f := &Forwarder{upstreams: upstreams, timeout: timeout, muxes: make([]*udpMux, len(upstreams)),
 		stop: make(chan struct{}), busy: make(chan struct{}, 1)}
+	go f.sweep()
+	return f
 }
 
 // Close closes the forwarder's sockets; queries in flight fail.
@@ -70,8 +66,8 @@ func (f *Forwarder) Close() {
 	f.closed = true
 	close(f.stop)
 	var orphans []*relayed
-	for _, ms := range f.muxes {
-		for _, m := range ms {
+	for _, m := range f.muxes {
+		if m != nil {
 			orphans = append(orphans, m.close()...)
 		}
 	}
@@ -169,7 +165,7 @@ func (f *Forwarder) Relay(wire []byte, deadline time.Time, done func([]byte, err
 		done(nil, ErrNoUpstream)
 		return
 	}
-	qend, ok := questionEnd(wire)
+	qend, _, ok := question(wire, false)
 	if !ok {
 		done(nil, errQuestion)
 		return
@@ -224,32 +220,66 @@ func (f *Forwarder) try(r *relayed, up int, err error) {
 	r.finish(nil, errors.Join(r.errs...))
 }
 
-// questionEnd returns where the one question of a packed query ends.
-func questionEnd(b []byte) (int, bool) {
+// question walks the one question of the packed message b: where its
+// section ends and, with wantName, the name asked, in lower case and without
+// the final dot; the name is "" when it is not plain (a compression pointer,
+// a byte a query would escape, over 255 bytes).
+func question(b []byte, wantName bool) (end int, name string, ok bool) {
 	if len(b) < 12 || b[4] != 0 || b[5] != 1 {
-		return 0, false
+		return 0, "", false
 	}
+	var buf [255]byte
+	n, plain := 0, wantName
 	i := 12
 	for {
 		if i >= len(b) {
-			return 0, false
+			return 0, "", false
 		}
 		l := int(b[i])
-		switch {
-		case l == 0:
-			i++
-		case l&0xC0 == 0xC0: // a compression pointer ends the name
+		if l&0xC0 == 0xC0 { // a compression pointer ends the name
 			i += 2
-		case l&0xC0 != 0:
-			return 0, false
-		default:
-			i += 1 + l
-			continue
+			plain = false
+			break
 		}
-		break
+		if l&0xC0 != 0 {
+			return 0, "", false
+		}
+		i++
+		if l == 0 {
+			break
+		}
+		if i+l > len(b) {
+			return 0, "", false
+		}
+		if plain && n+1+l > len(buf) {
+			plain = false
+		}
+		if plain {
+			if n > 0 {
+				buf[n] = '.'
+				n++
+			}
+			for _, c := range b[i : i+l] {
+				if c == '.' || c == '\\' || c <= ' ' || c >= 0x7F {
+					plain = false
+					break
+				}
+				if 'A' <= c && c <= 'Z' {
+					c += 'a' - 'A'
+				}
+				buf[n] = c
+				n++
+			}
+		}
+		i += l
 	}
-	i += 4 // type and class
-	return i, i <= len(b)
+	if end = i + 4; end > len(b) {
+		return 0, "", false
+	}
+	if plain && n > 0 {
+		name = string(buf[:n])
+	}
+	return end, name, true
 }
 
 // sameQuestion compares two question sections, names case-insensitively.
@@ -272,8 +302,7 @@ func sameQuestion(a, b []byte) bool {
 	return true
 }
 
-// mux returns a socket to upstream i, opening the upstream's sockets (and
-// starting the sweeper) on first use.
+// mux returns the socket to upstream i, opening it on first use.
 func (f *Forwarder) mux(i int) (*udpMux, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -281,24 +310,13 @@ func (f *Forwarder) mux(i int) (*udpMux, error) {
 		return nil, errClosed
 	}
 	if f.muxes[i] == nil {
-		for range muxPerUpstream {
-			m, err := dialMux(f.upstreams[i], f.busy, f.try)
-			if err != nil {
-				for _, o := range f.muxes[i] {
-					o.close()
-				}
-				f.muxes[i] = nil
-				return nil, err
-			}
-			f.muxes[i] = append(f.muxes[i], m)
+		m, err := f.dialMux(f.upstreams[i])
+		if err != nil {
+			return nil, err
 		}
-		if !f.sweeping {
-			f.sweeping = true
-			go f.sweep()
-		}
+		f.muxes[i] = m
 	}
-	ms := f.muxes[i]
-	return ms[int(f.next.Add(1))%len(ms)], nil
+	return f.muxes[i], nil
 }
 
 // sweep looks at the queries in flight a dozen times per try: UDP loses
@@ -308,40 +326,36 @@ func (f *Forwarder) mux(i int) (*udpMux, error) {
 // in flight it sleeps until a query is sent.
 func (f *Forwarder) sweep() {
 	every := min(max(f.timeout/12, 5*time.Millisecond), 50*time.Millisecond)
-	tick := time.NewTicker(every)
-	defer tick.Stop()
 	for {
 		select {
 		case <-f.stop:
 			return
-		case <-tick.C:
+		case <-f.busy:
 		}
-		f.mu.Lock()
-		var ms []*udpMux
-		for _, u := range f.muxes {
-			ms = append(ms, u...)
-		}
-		f.mu.Unlock()
-		now := time.Now()
-		inFlight := 0
-		for _, m := range ms {
-			late, resend, left := m.due(now, f.timeout)
-			for _, wire := range resend {
-				m.conn.Write(wire) // a failure leaves the first try to time out
-			}
-			for _, r := range late {
-				f.try(r, r.up+1, errTimeout)
-			}
-			inFlight += left + len(late) // the late ones may be on the next upstream now
-		}
-		if inFlight == 0 {
-			tick.Stop()
+		for inFlight := 1; inFlight > 0; {
 			select {
 			case <-f.stop:
 				return
-			case <-f.busy:
+			case <-time.After(every):
 			}
-			tick.Reset(every)
+			f.mu.Lock()
+			ms := slices.Clone(f.muxes)
+			f.mu.Unlock()
+			now := time.Now()
+			inFlight = 0
+			for _, m := range ms {
+				if m == nil {
+					continue
+				}
+				late, resend, left := m.due(now, f.timeout)
+				for _, wire := range resend {
+					m.conn.Write(wire) // a failure leaves the first try to time out
+				}
+				for _, r := range late {
+					f.try(r, r.up+1, errTimeout)
+				}
+				inFlight += left + len(late) // the late ones may be on the next upstream now
+			}
 		}
 	}
 }
@@ -350,20 +364,20 @@ func (f *Forwarder) sweep() {
 // queries: each is sent under a free ID of the socket's, and the answer
 // with that ID and the query's question goes to the query's callback.
 type udpMux struct {
+	f    *Forwarder
 	conn *udpsock.Socket
-	busy chan<- struct{} // the forwarder's sweeper's
 
 	mu      sync.Mutex
 	waiting map[uint16]*relayed
 	closed  bool
 }
 
-func dialMux(up netip.AddrPort, busy chan<- struct{}, retry func(r *relayed, up int, err error)) (*udpMux, error) {
+func (f *Forwarder) dialMux(up netip.AddrPort) (*udpMux, error) {
 	c, err := udpsock.Dial(up)
 	if err != nil {
 		return nil, err
 	}
-	m := &udpMux{conn: c, busy: busy, waiting: map[uint16]*relayed{}}
+	m := &udpMux{f: f, conn: c, waiting: map[uint16]*relayed{}}
 	go c.Serve(answerBatch, dns.MaxMsgSize, m.answer, func(err error) {
 		if errors.Is(err, syscall.ECONNREFUSED) {
 			// The upstream's port is closed (ICMP port unreachable). It does
@@ -371,7 +385,7 @@ func dialMux(up netip.AddrPort, busy chan<- struct{}, retry func(r *relayed, up 
 			// so all move on to the next upstream now, as Docker's resolver
 			// does, instead of waiting out their try.
 			for _, r := range m.takeAll() {
-				retry(r, r.up+1, errRefused)
+				f.try(r, r.up+1, errRefused)
 			}
 		}
 	})
@@ -404,7 +418,7 @@ func (m *udpMux) send(r *relayed, up int) error {
 	m.waiting[id] = r
 	m.mu.Unlock()
 	select {
-	case m.busy <- struct{}{}:
+	case m.f.busy <- struct{}{}:
 	default: // the sweeper is awake or already woken
 	}
 	if _, err := m.conn.Write(r.wire); err != nil {

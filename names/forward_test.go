@@ -65,11 +65,10 @@ func startUpstream(t testing.TB, n int) *upstream {
 }
 
 // listenForwarding serves testTable's names on a loopback Listener and
-// forwards the rest to up; both close when the test ends. Queries from
+// forwards the rest through f; both close when the test ends. Queries from
 // loopback count as the host's.
-func listenForwarding(t testing.TB, up *upstream) (*Listener, *Resolver) {
+func listenForwarding(t testing.TB, f *Forwarder) (*Listener, *Resolver) {
 	t.Helper()
-	f := NewForwarder([]netip.AddrPort{up.addr}, time.Second)
 	t.Cleanup(f.Close)
 	r := &Resolver{Table: testTable(), Overlay: netip.MustParsePrefix("10.96.0.0/16"), TTL: 1, Stats: &Stats{}, Forward: f}
 	l, err := Listen(netip.MustParseAddrPort("127.0.0.1:0"), r)
@@ -136,7 +135,9 @@ func TestForwarderFailsOver(t *testing.T) {
 			t.Fatalf("round %d took %v", round, d)
 		}
 	}
-	if _, err := NewForwarder(nil, 0).Exchange(context.Background(), query("x", dns.TypeA), false); err != ErrNoUpstream {
+	none := NewForwarder(nil, 0)
+	defer none.Close()
+	if _, err := none.Exchange(context.Background(), query("x", dns.TypeA), false); err != ErrNoUpstream {
 		t.Fatalf("no upstreams: %v", err)
 	}
 }
@@ -160,14 +161,7 @@ func TestListenerKeepsClientIDs(t *testing.T) {
 		{"an oversized answer", big.addr, func(m *dns.Msg) bool { return m.Truncated && m.Rcode == dns.RcodeSuccess }},
 		{"no answer", dead.LocalAddr().(*net.UDPAddr).AddrPort(), func(m *dns.Msg) bool { return m.Rcode == dns.RcodeServerFailure }},
 	} {
-		f := NewForwarder([]netip.AddrPort{c.up}, 100*time.Millisecond)
-		defer f.Close()
-		r := &Resolver{Table: testTable(), Overlay: netip.MustParsePrefix("10.96.0.0/16"), TTL: 1, Stats: &Stats{}, Forward: f, Timeout: 300 * time.Millisecond}
-		l, err := Listen(netip.MustParseAddrPort("127.0.0.1:0"), r)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
+		l, _ := listenForwarding(t, NewForwarder([]netip.AddrPort{c.up}, 100*time.Millisecond))
 		nc, err := net.Dial("udp", l.Addr.String())
 		if err != nil {
 			t.Fatal(err)
@@ -221,7 +215,7 @@ func TestForwarderRefusedUpstream(t *testing.T) {
 // answers twill names and forwards the rest to the upstream, UDP and TCP.
 func TestListenerEndToEnd(t *testing.T) {
 	up := startUpstream(t, 1)
-	l, r := listenForwarding(t, up)
+	l, r := listenForwarding(t, NewForwarder([]netip.AddrPort{up.addr}, time.Second))
 	for _, proto := range []string{"udp", "tcp"} {
 		c := &dns.Client{Net: proto, Timeout: 2 * time.Second}
 		resp, _, err := c.Exchange(query("web", dns.TypeA), l.Addr.String())

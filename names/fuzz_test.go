@@ -57,7 +57,7 @@ func FuzzQuery(f *testing.F) {
 		if len(w.got) != 1 || w.got[0] == nil {
 			t.Fatalf("%d answers to a query, %v", len(w.got), w.got)
 		}
-		if end, ok := questionEnd(b); ok && (end > len(b) || end < 17) {
+		if end, _, ok := question(b, true); ok && (end > len(b) || end < 17) {
 			t.Fatalf("question section ends at %d of %d bytes", end, len(b))
 		}
 	})

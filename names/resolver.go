@@ -3,7 +3,6 @@ package names
 import (
 	"bytes"
 	"context"
-	"errors"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -61,7 +60,10 @@ func (r *Resolver) who(src netip.Addr) querier {
 // Answer answers q from the table for a querier at src, or returns nil
 // when q is to be forwarded. It never touches a socket.
 func (r *Resolver) Answer(src netip.Addr, q *dns.Msg) (*dns.Msg, Result) {
-	who := r.who(src)
+	return r.answer(src, r.who(src), q)
+}
+
+func (r *Resolver) answer(src netip.Addr, who querier, q *dns.Msg) (*dns.Msg, Result) {
 	if who == fromOutside {
 		return nil, Dropped
 	}
@@ -147,7 +149,8 @@ type PacketWriter interface {
 // outside the overlay and the host, and answers, get nothing; what does
 // not unpack gets FORMERR.
 func (r *Resolver) ServePacket(w PacketWriter, b []byte, src netip.AddrPort) {
-	if r.who(src.Addr()) == fromOutside {
+	who := r.who(src.Addr())
+	if who == fromOutside {
 		r.Stats.count(Dropped)
 		return
 	}
@@ -165,15 +168,9 @@ func (r *Resolver) ServePacket(w PacketWriter, b []byte, src netip.AddrPort) {
 		r.write(w, headerReply(b, dns.RcodeFormatError), src, dns.MinMsgSize)
 		return
 	}
-	resp, res := r.Answer(src.Addr(), q)
-	if resp != nil {
+	if resp, res := r.answer(src.Addr(), who, q); resp != nil {
 		r.Stats.count(res)
 		r.write(w, resp, src, udpSize(q))
-		return
-	}
-	if r.Forward == nil {
-		r.Stats.count(ForwardFailed)
-		r.write(w, servfail(q), src, udpSize(q))
 		return
 	}
 	r.relay(w, bytes.Clone(b), src)
@@ -189,24 +186,19 @@ func (r *Resolver) relay(w PacketWriter, wire []byte, src netip.AddrPort) {
 	}
 	t0 := time.Now()
 	r.Forward.Relay(wire, t0.Add(r.timeout()), func(a []byte, err error) {
+		if err == nil && len(a) > dns.MinMsgSize { // perhaps over the client's size
+			if q := new(dns.Msg); q.Unpack(wire) == nil && len(a) > udpSize(q) {
+				// An upstream that ignored the client's size: truncate.
+				m := new(dns.Msg)
+				if err = m.Unpack(a); err == nil {
+					m.Truncate(udpSize(q))
+					a, err = m.Pack()
+				}
+			}
+		}
 		if err != nil {
 			r.fail(w, wire, src, err)
 			return
-		}
-		if len(a) > dns.MinMsgSize { // perhaps over the client's size: look
-			q := new(dns.Msg)
-			if q.Unpack(wire) == nil && len(a) > udpSize(q) {
-				m := new(dns.Msg)
-				if m.Unpack(a) != nil {
-					r.fail(w, wire, src, errors.New("an oversized answer that does not unpack"))
-					return
-				}
-				r.Stats.forwardTook(time.Since(t0))
-				r.Stats.count(Forwarded)
-				m.Id = q.Id
-				r.write(w, m, src, udpSize(q))
-				return
-			}
 		}
 		r.Stats.forwardTook(time.Since(t0))
 		r.Stats.count(Forwarded)
@@ -244,44 +236,13 @@ func headerReply(b []byte, rcode int) *dns.Msg {
 // plainQuestion returns the name asked by a plain query (opcode QUERY, one
 // question, no answer or authority records, at most an OPT record), lower
 // case and without the final dot, or false for anything else or a name
-// that is not plain (a compression pointer, escapes). It does not allocate
-// beyond the name.
-func plainQuestion(b []byte) ([]byte, bool) {
-	if len(b) < 17 || b[2]&0xF8 != 0 || b[4] != 0 || b[5] != 1 || b[6]|b[7]|b[8]|b[9]|b[10] != 0 || b[11] > 1 {
-		return nil, false
+// that is not plain (a compression pointer, escapes).
+func plainQuestion(b []byte) (string, bool) {
+	if len(b) < 17 || b[2]&0xF8 != 0 || b[6]|b[7]|b[8]|b[9]|b[10] != 0 || b[11] > 1 {
+		return "", false
 	}
-	name := make([]byte, 0, 64)
-	i := 12
-	for {
-		if i >= len(b) {
-			return nil, false
-		}
-		l := int(b[i])
-		i++
-		if l == 0 {
-			break
-		}
-		if l > 63 || i+l > len(b) {
-			return nil, false
-		}
-		if len(name) > 0 {
-			name = append(name, '.')
-		}
-		for _, c := range b[i : i+l] {
-			switch {
-			case 'A' <= c && c <= 'Z':
-				c += 'a' - 'A'
-			case c == '.' || c == '\\' || c <= ' ' || c >= 0x7F:
-				return nil, false
-			}
-			name = append(name, c)
-		}
-		i += l
-	}
-	if len(name) == 0 || i+4 > len(b) {
-		return nil, false
-	}
-	return name, true
+	_, name, ok := question(b, true)
+	return name, ok && name != ""
 }
 
 // write sends m to a UDP client, truncated to size.

@@ -44,12 +44,7 @@ func Listen(addr netip.AddrPort, r *Resolver) (*Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("resolver %s/udp: %w (binding port 53 needs CAP_NET_BIND_SERVICE)", addr, err)
 	}
-	bound, err := us.LocalAddr()
-	if err != nil {
-		us.Close()
-		return nil, fmt.Errorf("resolver %s/udp: %w", addr, err)
-	}
-	addr = bound // port 0 (tests): TCP takes the same
+	addr = us.LocalAddr() // port 0 (tests): TCP takes the same
 	ln, err := net.Listen("tcp", addr.String())
 	if err != nil {
 		us.Close()

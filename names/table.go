@@ -132,20 +132,28 @@ func (t *Table) Len() int {
 	return len(t.recs)
 }
 
+// held returns the addresses of name (a lookupName) among names, network
+// nw's, asked as name or as name.nw (as Docker's resolver allows).
+func held(names map[string]map[string]netip.Addr, nw, name string) (map[string]netip.Addr, bool) {
+	if set, ok := names[name]; ok {
+		return set, true
+	}
+	if n := len(name) - len(nw) - 1; n > 0 && name[n] == '.' && name[n+1:] == nw {
+		set, ok := names[name[:n]]
+		return set, ok
+	}
+	return nil, false
+}
+
 // mayHold reports whether name (lower case, no final dot) is a name of any
 // network, or name.network of one: when it is not, no querier can get a
-// twill answer for it. It does not allocate.
-func (t *Table) mayHold(name []byte) bool {
+// twill answer for it.
+func (t *Table) mayHold(name string) bool {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
 	for nw, names := range t.byName {
-		if _, ok := names[string(name)]; ok {
+		if _, ok := held(names, nw, name); ok {
 			return true
-		}
-		if n := len(name) - len(nw) - 1; n > 0 && name[n] == '.' && string(name[n+1:]) == nw {
-			if _, ok := names[string(name[:n])]; ok {
-				return true
-			}
 		}
 	}
 	return false
@@ -160,16 +168,7 @@ func (t *Table) Lookup(src netip.Addr, anyHost bool, name string) (addrs []netip
 	t.mu.RLock()
 	defer t.mu.RUnlock()
 	look := func(nw string) {
-		names := t.byName[nw]
-		if names == nil {
-			return
-		}
-		set, ok := names[name]
-		if !ok {
-			if base, ok2 := strings.CutSuffix(name, "."+nw); ok2 {
-				set, ok = names[base]
-			}
-		}
+		set, ok := held(t.byName[nw], nw, name)
 		if !ok {
 			return
 		}

@@ -5,18 +5,17 @@
 // sleeps in Go's network poller between batches, so a busy socket costs one
 // wake-up per batch rather than per datagram, and an idle one nothing.
 // Measured under dnsperf on two vCPUs (README, "Names across hosts"): one
-// reader batching beat four readers and a goroutine per datagram, and the
+// reader batching beat two readers and a goroutine per datagram, and the
 // poller beat blocking in recvmmsg on a thread (a reader coming back from
 // the kernel then waits for a P that another sleeping reader still holds,
 // for milliseconds at the 99th percentile). Linux only.
 package udpsock
 
 import (
+	"context"
 	"errors"
-	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"syscall"
 	"time"
 	"unsafe"
@@ -30,18 +29,7 @@ type Socket struct {
 	rc   syscall.RawConn
 }
 
-func newSocket(family int, setup func(fd int) error) (*Socket, error) {
-	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, unix.IPPROTO_UDP)
-	if err != nil {
-		return nil, err
-	}
-	if err := setup(fd); err != nil {
-		unix.Close(fd)
-		return nil, err
-	}
-	f := os.NewFile(uintptr(fd), "udp")
-	pc, err := net.FilePacketConn(f)
-	f.Close()
+func newSocket(pc net.PacketConn, err error) (*Socket, error) {
 	if err != nil {
 		return nil, err
 	}
@@ -54,24 +42,14 @@ func newSocket(family int, setup func(fd int) error) (*Socket, error) {
 	return &Socket{conn: conn, rc: rc}, nil
 }
 
-func family(a netip.Addr) int {
-	if a.Is4() {
-		return unix.AF_INET
+// setsockopt returns a net.ListenConfig or net.Dialer Control function
+// that applies set to the socket before it binds or connects.
+func setsockopt(set func(fd int) error) func(string, string, syscall.RawConn) error {
+	return func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) { serr = set(int(fd)) })
+		return errors.Join(err, serr)
 	}
-	return unix.AF_INET6
-}
-
-func sockaddr(a netip.AddrPort) unix.Sockaddr {
-	if a.Addr().Is4() {
-		return &unix.SockaddrInet4{Addr: a.Addr().As4(), Port: int(a.Port())}
-	}
-	sa := &unix.SockaddrInet6{Addr: a.Addr().As16(), Port: int(a.Port())}
-	if z := a.Addr().Zone(); z != "" {
-		if ifi, err := net.InterfaceByName(z); err == nil {
-			sa.ZoneId = uint32(ifi.Index)
-		}
-	}
-	return sa
 }
 
 // Listen binds addr (port 0: one the kernel picks), sharing the port with
@@ -79,29 +57,31 @@ func sockaddr(a netip.AddrPort) unix.Sockaddr {
 // closes), with a receive buffer of rcvbuf bytes (past rmem_max with
 // CAP_NET_ADMIN, else what the kernel allows).
 func Listen(addr netip.AddrPort, rcvbuf int) (*Socket, error) {
-	return newSocket(family(addr.Addr()), func(fd int) error {
+	lc := net.ListenConfig{Control: setsockopt(func(fd int) error {
 		if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, rcvbuf) != nil {
 			unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, rcvbuf)
 		}
-		return errors.Join(unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1), unix.Bind(fd, sockaddr(addr)))
-	})
+		return unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+	})}
+	return newSocket(lc.ListenPacket(context.Background(), "udp", addr.String()))
 }
 
 // Dial connects to a peer: only its datagrams are read.
 func Dial(to netip.AddrPort) (*Socket, error) {
-	return newSocket(family(to.Addr()), func(fd int) error {
-		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 1<<20)
-		return unix.Connect(fd, sockaddr(to))
-	})
+	d := net.Dialer{Control: setsockopt(func(fd int) error {
+		return unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 1<<20)
+	})}
+	c, err := d.Dial("udp", to.String())
+	if err != nil {
+		return nil, err
+	}
+	return newSocket(c.(*net.UDPConn), nil)
 }
 
 // LocalAddr is the address the socket is bound to.
-func (s *Socket) LocalAddr() (netip.AddrPort, error) {
-	a, ok := s.conn.LocalAddr().(*net.UDPAddr)
-	if !ok {
-		return netip.AddrPort{}, fmt.Errorf("socket bound to %v", s.conn.LocalAddr())
-	}
-	return a.AddrPort(), nil
+func (s *Socket) LocalAddr() netip.AddrPort {
+	a := s.conn.LocalAddr().(*net.UDPAddr).AddrPort()
+	return netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
 }
 
 // rawSockaddr is room for an IPv4 or IPv6 socket address.
