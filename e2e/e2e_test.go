@@ -149,7 +149,7 @@ func (s *scenario) hostView(t *testing.T) {
 	// TWILL_DATAPATH=auto: the kernel datapath on NIC-like veths, the TUN
 	// path on plain ones (their unfinished checksums; datapath/kernel).
 	want := "tun"
-	if os.Getenv("TWE_UNDERLAY") == "nic" {
+	if kernelPath() {
 		want = "kernel"
 	}
 	for _, h := range hosts() {

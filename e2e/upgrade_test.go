@@ -59,6 +59,12 @@ func (s *scenario) upgradeAndSet(t *testing.T) {
 
 	before := subnetOf(h2.status(t))
 	a, b := s.byName("h2-a"), s.byName("h2-b")
+	// Pings every 20 ms from h1-a to h2-a across disable -f, upgrade and
+	// enable: on the kernel datapath its programs forward while no twilld
+	// runs (for the hold, 10 s), on the TUN path nothing does.
+	pings := pingAcross(s.byName("h1-a"), a, 750)
+	time.Sleep(time.Second)
+	start := time.Now()
 	h2.mustDocker(t, "plugin", "disable", "-f", driver)
 	enabled := false
 	defer func() { // whatever failed, leave the host's plugin running for the later steps
@@ -84,6 +90,14 @@ func (s *scenario) upgradeAndSet(t *testing.T) {
 	h2.mustDocker(t, "plugin", "set", driver, "state.source="+filepath.Join(h2.dir(), "twill"), "docker-run.source=/run")
 	h2.mustDocker(t, "plugin", "enable", driver)
 	enabled = true
+	took := time.Since(start)
+	sent, lost, pout := pings()
+	t.Logf("disable -f, upgrade, enable took %.1fs; pings h1-a -> h2-a every 20ms: %d of %d lost (a gap of about %v)", took.Seconds(), lost, sent, time.Duration(lost)*20*time.Millisecond)
+	if sent < 375 {
+		t.Errorf("ping did not run across the upgrade:\n%s", pout)
+	} else if kernelPath() && took < 8*time.Second && lost > 0 {
+		t.Errorf("kernel datapath: %d of %d pings lost across an upgrade of %.1fs (under the 10 s hold)", lost, sent, took.Seconds())
+	}
 
 	insp := h2.mustDocker(t, "plugin", "inspect", "-f", "{{.PluginReference}} {{.Settings.Env}}", driver)
 	if !strings.Contains(insp, v2) || !strings.Contains(insp, "TWILL_LOG_LEVEL=info") || !strings.Contains(insp, "ETCD_ENDPOINTS="+etcdURL) {

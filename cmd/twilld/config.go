@@ -34,6 +34,7 @@ type config struct {
 	Offload  string
 	BusyPoll time.Duration // 0 = off
 	Datapath string        // auto, kernel or tun
+	BPFFS    string        // bpf filesystem the kernel datapath pins its links in; empty = none
 
 	StateDir      string
 	SubnetEnv     string
@@ -69,6 +70,7 @@ var settings = []setting{
 	{"TWILL_OFFLOAD", "offload", "auto", "datapath offloads: auto (TSO/GRO + UDP GSO/GRO when the kernel has them) or off"},
 	{"TWILL_BUSY_POLL", "busy-poll", "0", "after sparse traffic, poll without sleeping until nothing came for this long (e.g. 50ms): lower latency for one CPU kept busy meanwhile; 0 = off"},
 	{"TWILL_DATAPATH", "datapath", "auto", "auto (the kernel path when the kernel, the privileges and the underlay allow it), kernel (eBPF programs forward in the kernel; fail if they cannot) or tun (twilld forwards through twill0)"},
+	{"TWILL_BPF_FS", "bpf-fs", "/sys/fs/bpf", "bpf filesystem where the kernel datapath pins its programs' links, so that they forward while twilld restarts; empty = they stop with twilld"},
 	{"TWILL_STATE_DIR", "state-dir", "/var/lib/twill", "persisted state (allocations, endpoints, embedded etcd)"},
 	{"TWILL_SUBNET_ENV", "subnet-env", "/run/flannel/subnet.env", "where to write flannel's subnet.env; empty = do not write"},
 	{"TWILL_CONTROL_SOCKET", "control-socket", "", "twillctl's socket; empty = <state-dir>/twill-ctl.sock"},
@@ -203,6 +205,9 @@ func parseConfig(args []string, env func(string) (string, bool), usage io.Writer
 	case "auto", "kernel", "tun":
 	default:
 		bad("datapath", "want auto, kernel or tun")
+	}
+	if c.BPFFS = get["bpf-fs"]; c.BPFFS != "" && !filepath.IsAbs(c.BPFFS) {
+		bad("bpf-fs", "must be an absolute path, or empty for none")
 	}
 	c.StateDir = get["state-dir"]
 	if !filepath.IsAbs(c.StateDir) {

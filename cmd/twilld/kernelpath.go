@@ -2,23 +2,29 @@ package main
 
 import (
 	"fmt"
+	"net/netip"
 
 	"github.com/twill-net/twill/datapath/kernel"
 	"github.com/twill-net/twill/datapath/overlay"
 )
 
-// startKernelPath attaches the kernel datapath beside the TUN path when
+// startKernelPath loads the kernel datapath beside the TUN path when
 // TWILL_DATAPATH asks for it and the host allows it, and records which path
-// runs and why. twill0 must exist (overlay.Open made it).
+// runs and why. twill0 must exist (overlay.Open made it). attachKernelPath
+// puts the programs on their hooks once the maps hold the lease table.
 func (n *node) startKernelPath() error {
+	n.pins = n.pinDir()
+	pins := n.pins
 	switch n.cfg.Datapath {
 	case "tun":
 		n.pathWhy = "TWILL_DATAPATH=tun"
+		n.dropKernelPath(pins)
 		return nil
 	case "auto":
 		if why := kernel.Unsuitable(n.under.Name); why != "" {
 			n.pathWhy = why
 			n.log.Warn("kernel datapath not used; forwarding through twill0 (TUN path)", "reason", why)
+			n.dropKernelPath(pins)
 			return nil
 		}
 	case "kernel":
@@ -26,24 +32,112 @@ func (n *node) startKernelPath() error {
 			n.log.Warn("kernel datapath asked for (TWILL_DATAPATH=kernel) although it may not suit this host", "reason", why)
 		}
 	}
-	k, err := kernel.Open(kernel.Config{TUN: "twill0", Underlay: n.under.Name, LocalIP: n.under.Addr, Port: n.cfg.Port, MTU: n.mtu, Logger: n.log})
+	k, err := kernel.Open(kernel.Config{TUN: "twill0", Underlay: n.under.Name, LocalIP: n.under.Addr, Port: n.cfg.Port, MTU: n.mtu, PinDir: pins, Logger: n.log})
 	if err != nil {
-		if n.cfg.Datapath == "kernel" {
-			return fmt.Errorf("%w (TWILL_DATAPATH=kernel needs Linux %s+ and CAP_BPF with CAP_NET_ADMIN, or CAP_SYS_ADMIN; TWILL_DATAPATH=auto falls back to the TUN path)", err, kernel.MinKernel)
-		}
-		n.pathWhy = err.Error()
-		n.log.Warn("kernel datapath unavailable; forwarding through twill0 (TUN path)", "reason", err)
-		return nil
+		return n.kernelPathFailed(err, pins)
 	}
 	n.kdp = k
-	n.log.Info("kernel datapath attached", "tun", "twill0", "underlay", n.under.Name)
 	return nil
+}
+
+// kernelPathFailed falls back to the TUN path, or fails when the kernel
+// path was asked for.
+func (n *node) kernelPathFailed(err error, pins string) error {
+	if n.cfg.Datapath == "kernel" {
+		return fmt.Errorf("%w (TWILL_DATAPATH=kernel needs Linux %s+ and CAP_BPF with CAP_NET_ADMIN, or CAP_SYS_ADMIN; TWILL_DATAPATH=auto falls back to the TUN path)", err, kernel.MinKernel)
+	}
+	n.pathWhy = err.Error()
+	n.log.Warn("kernel datapath unavailable; forwarding through twill0 (TUN path)", "reason", err)
+	n.dropKernelPath(pins)
+	return nil
+}
+
+// attachKernelPath writes every peer lease into the kernel datapath's maps
+// and attaches its programs, taking over those a previous twilld left
+// forwarding (so a restart loses no packet); twill0 then outlives twilld
+// as long as they do.
+func (n *node) attachKernelPath() error {
+	if n.kdp == nil {
+		return nil
+	}
+	own := map[netip.Prefix]bool{}
+	for _, l := range n.leases.Leases() {
+		own[l.Subnet] = true
+	}
+	for _, l := range n.leases.AllLeases() {
+		cfg, _ := n.leases.Config(l.Overlay)
+		if own[l.Subnet] || isEncrypted(cfg) {
+			continue
+		}
+		if peer, ok := n.udpPeer(l); ok {
+			n.inKernel("adding peer", func(k *kernel.Datapath) error { return k.SetPeer(l.Subnet, peer) })
+		}
+	}
+	if err := n.kdp.Attach(); err != nil {
+		n.kdp.Close()
+		n.kdp = nil
+		return n.kernelPathFailed(err, n.pins)
+	}
+	kept := n.kdp.Pinned()
+	if err := n.fwd.Persist(kept); err != nil {
+		n.log.Error("twill0 cannot outlive twilld; the kernel datapath stops with it", "err", err)
+	}
+	n.log.Info("kernel datapath attached", "tun", "twill0", "underlay", n.under.Name, "kept_across_restarts", kept)
+	return nil
+}
+
+// pinDir is where the kernel datapath pins its links, or "" (pinWhy says
+// why) when it cannot outlive twilld.
+func (n *node) pinDir() string {
+	if n.cfg.BPFFS == "" {
+		n.pinWhy = "TWILL_BPF_FS is empty"
+		return ""
+	}
+	dir, err := kernel.PinDir(n.cfg.BPFFS)
+	if err != nil {
+		n.pinWhy = err.Error()
+		return ""
+	}
+	return dir
+}
+
+// dropKernelPath detaches programs a previous twilld left pinned, for a
+// twilld that runs the TUN path alone, and lets twill0 go with it.
+func (n *node) dropKernelPath(pins string) {
+	if pins != "" {
+		if err := kernel.Remove(pins); err != nil {
+			n.log.Warn("removing the kernel datapath a previous twilld left attached", "err", err)
+		}
+	}
+	if err := n.fwd.Persist(false); err != nil {
+		n.log.Warn("twill0", "err", err)
+	}
+}
+
+// closeKernelPath ends the kernel datapath with twilld, or leaves it
+// forwarding for the next twilld when containers here still use it (an
+// upgrade, a plugin disabled with -f, dockerd stopped with live-restore).
+func (n *node) closeKernelPath() {
+	if n.kdp == nil {
+		return
+	}
+	if n.kdp.Pinned() && n.drv != nil && len(n.drv.Endpoints()) > 0 {
+		n.kdp.Release()
+		n.log.Info("kernel datapath left attached for the next twilld: containers here keep reaching other hosts meanwhile", "for_at_most", kernel.DefaultHold)
+		return
+	}
+	n.kdp.Close()
+	n.fwd.Persist(false)
 }
 
 // datapath names the path that runs, with the reason when it is the TUN path.
 func (n *node) datapath() string {
 	if n.kdp != nil {
-		return "kernel (eBPF on twill0 and " + n.under.Name + "; the TUN path takes what the programs leave)"
+		kept := "kept attached across restarts"
+		if !n.kdp.Pinned() {
+			kept = "stops with twilld: " + n.pinWhy
+		}
+		return "kernel (eBPF on twill0 and " + n.under.Name + "; the TUN path takes what the programs leave; " + kept + ")"
 	}
 	return "tun (" + n.pathWhy + ")"
 }

@@ -45,6 +45,8 @@ type node struct {
 	leases  *subnet.Manager
 	fwd     *overlay.Forwarder
 	kdp     *kernel.Datapath // nil: the TUN path forwards everything (pathWhy says why)
+	pins    string           // where kdp's links are pinned; "": they stop with twilld (pinWhy says why)
+	pinWhy  string
 	pathWhy string
 	enc     *encrypted
 	links   *links.Links
@@ -173,6 +175,9 @@ func startHost(ctx context.Context, cfg config, log *slog.Logger, srv *plugin.Se
 		return nil, err
 	}
 	n.rejoinOverlays(ctx)
+	if err := n.attachKernelPath(); err != nil {
+		return nil, err
+	}
 	dcfg := driver.Config{MTU: n.mtu, OverlayMTU: n.overlayMTU, SetBackend: n.setBackend, PluginName: cfg.PluginName}
 	if n.drv, err = driver.New(log, n.links, n.fw, n.ipam, n.db, dcfg); err != nil {
 		return nil, err
@@ -249,11 +254,7 @@ func (n *node) follow(ctx context.Context) {
 		case l.Attrs.BackendType != "" && l.Attrs.BackendType != "udp":
 			n.log.Warn("peer uses another flannel backend; twill speaks udp only, so its subnet is unreachable", "subnet", l.Subnet, "backend", l.Attrs.BackendType, "peer", l.Attrs.PublicIP)
 		case ev.Type == subnet.Added:
-			port := int(n.cfg.Port)
-			if c, ok := n.leases.Config(l.Overlay); ok && c.Port != 0 {
-				port = c.Port
-			}
-			peer := netip.AddrPortFrom(l.Attrs.PublicIP, uint16(port))
+			peer, _ := n.udpPeer(l)
 			n.inKernel("adding peer", func(k *kernel.Datapath) error { return k.SetPeer(l.Subnet, peer) })
 			if err := n.fwd.SetPeer(l.Subnet, peer); err != nil {
 				n.log.Error("adding peer", "subnet", l.Subnet, "peer", peer, "err", err)
@@ -269,6 +270,20 @@ func (n *node) follow(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// udpPeer is where the udp datapaths send packets for a peer lease's
+// subnet; false for a lease of another flannel backend, which they do not
+// carry.
+func (n *node) udpPeer(l subnet.Lease) (netip.AddrPort, bool) {
+	if l.Attrs.BackendType != "" && l.Attrs.BackendType != "udp" {
+		return netip.AddrPort{}, false
+	}
+	port := int(n.cfg.Port)
+	if c, ok := n.leases.Config(l.Overlay); ok && c.Port != 0 {
+		port = c.Port
+	}
+	return netip.AddrPortFrom(l.Attrs.PublicIP, uint16(port)), true
 }
 
 // serve runs the datapath, lease events, control socket and metrics until
@@ -330,10 +345,8 @@ func (n *node) serve(ctx context.Context) error {
 func (n *node) close() { n.closeOnce.Do(n.closeAll) }
 
 func (n *node) closeAll() {
-	if n.kdp != nil {
-		n.kdp.Close()
-	}
 	if n.fwd != nil {
+		n.closeKernelPath()
 		n.fwd.Close()
 	}
 	if n.enc != nil {

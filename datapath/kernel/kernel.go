@@ -17,8 +17,11 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -36,29 +39,53 @@ type Config struct {
 	Port     uint16     // twill's UDP port (8285)
 	MTU      int        // twill0's MTU: the largest inner packet
 	Logger   *slog.Logger
+
+	// PinDir, when set, is a directory on a bpf filesystem (PinDir) where
+	// the programs' links are pinned: they stay attached when twilld exits
+	// (Release) or dies, and the next Attach with the same PinDir takes
+	// them over in place, so traffic does not stop. Empty: the programs go
+	// with twilld's file descriptors.
+	PinDir string
+	// Hold is how long the programs go on forwarding after twilld last
+	// vouched for their maps (every second while it runs); past it they
+	// leave everything to the TUN path. Zero means DefaultHold.
+	Hold time.Duration
 }
 
-// Datapath is the loaded and attached programs with their maps. Close
-// detaches them; the TUN path then forwards everything.
+// DefaultHold matches a lease's presence TTL: a host gone that long is gone
+// for its peers too, so programs left behind never forward longer than the
+// other hosts would still count this one in.
+const DefaultHold = 10 * time.Second
+
+// Datapath is the loaded programs with their maps and, after Attach, their
+// links. Close detaches them; the TUN path then forwards everything.
 type Datapath struct {
 	cfg   Config
 	log   *slog.Logger
 	objs  twillObjects
-	links []link.Link
+	tun   *netlink.LinkAttrs // the devices the programs were made for
+	under *netlink.LinkAttrs
+	links []attached
+	stop  chan struct{} // ends the heartbeat
+	done  chan struct{}
 
 	mu       sync.Mutex // guards the desired state and serialises map updates
+	closed   bool
 	overlays map[netip.Prefix]netip.Prefix
 	peers    map[netip.Prefix]netip.AddrPort
 	written  map[netip.Prefix]twillPeer // what the peers map holds
 	senders  map[netip.Addr]uint32      // what the senders map holds
 }
 
-// Open loads the programs, attaches them (TCX: twill0 egress, underlay
-// ingress) and returns with empty maps: until SetPeer, everything takes the
-// TUN path.
+// Open loads the programs with empty maps. Nothing is attached until
+// Attach: fill the maps first (AddOverlay, SetPeer), so that programs
+// taking over from a previous twilld's forward every packet they did.
 func Open(cfg Config) (_ *Datapath, err error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if cfg.Hold <= 0 {
+		cfg.Hold = DefaultHold
 	}
 	if !cfg.LocalIP.Is4() || cfg.Port == 0 || cfg.MTU < 576 || cfg.MTU > 65535 {
 		return nil, fmt.Errorf("kernel datapath needs an IPv4 underlay address, a port and an MTU in 576..65535 (got %s, %d, %d): %w", cfg.LocalIP, cfg.Port, cfg.MTU, ErrInvalid)
@@ -90,7 +117,7 @@ func Open(cfg Config) (_ *Datapath, err error) {
 		}
 	}
 	d := &Datapath{
-		cfg: cfg, log: cfg.Logger,
+		cfg: cfg, log: cfg.Logger, tun: tun.Attrs(), under: under.Attrs(),
 		overlays: map[netip.Prefix]netip.Prefix{}, peers: map[netip.Prefix]netip.AddrPort{},
 		written: map[netip.Prefix]twillPeer{}, senders: map[netip.Addr]uint32{},
 	}
@@ -101,40 +128,168 @@ func Open(cfg Config) (_ *Datapath, err error) {
 		}
 		return nil, fmt.Errorf("kernel datapath: loading programs: %w", err)
 	}
-	defer func() {
-		if err != nil {
-			d.Close()
-		}
-	}()
-	for _, a := range []struct {
-		prog *ebpf.Program
-		dev  netlink.Link
-		at   ebpf.AttachType
-	}{
-		{d.objs.TwillDecap, under, ebpf.AttachTCXIngress},
-		{d.objs.TwillEncap, tun, ebpf.AttachTCXEgress},
-	} {
-		l, err := link.AttachTCX(link.TCXOptions{Interface: a.dev.Attrs().Index, Program: a.prog, Attach: a.at})
-		if err != nil {
-			return nil, fmt.Errorf("kernel datapath: attaching to %s (TCX, Linux 6.6+): %w", a.dev.Attrs().Name, err)
-		}
-		d.links = append(d.links, l)
+	if err := d.vouch(); err != nil {
+		d.objs.Close()
+		return nil, err
 	}
+	d.stop, d.done = make(chan struct{}), make(chan struct{})
+	go d.heartbeat()
 	return d, nil
 }
 
-// Close detaches the programs and frees the maps. Safe to call more than once.
-func (d *Datapath) Close() error {
+// hooks are where the programs run, with the names their links are pinned
+// under: the decapsulating one first, so a peer's datagrams are accepted
+// before this host sends it any.
+func (d *Datapath) hooks() []hook {
+	return []hook{
+		{"decap", d.objs.TwillDecap, d.under, ebpf.AttachTCXIngress},
+		{"encap", d.objs.TwillEncap, d.tun, ebpf.AttachTCXEgress},
+	}
+}
+
+// attached is a link of ours, and whether it is pinned (it then outlives
+// twilld).
+type attached struct {
+	link.Link
+	pinned bool
+}
+
+type hook struct {
+	pin  string
+	prog *ebpf.Program
+	dev  *netlink.LinkAttrs
+	at   ebpf.AttachType
+}
+
+// Attach puts the programs on their hooks (TCX: the underlay's ingress,
+// twill0's egress). With PinDir, links a previous twilld left there are
+// updated to these programs in place (the kernel swaps them between two
+// packets), and new ones are pinned.
+func (d *Datapath) Attach() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.closed {
+		return errClosed
+	}
+	if d.links != nil {
+		return nil
+	}
+	if d.cfg.PinDir != "" {
+		if err := os.MkdirAll(d.cfg.PinDir, 0o700); err != nil {
+			return fmt.Errorf("kernel datapath: %w", err)
+		}
+	}
+	var links []attached
+	for _, h := range d.hooks() {
+		l, err := d.attach(h)
+		if err != nil {
+			for _, l := range links {
+				l.Close()
+			}
+			return err
+		}
+		links = append(links, l)
+	}
+	d.links = links
+	return nil
+}
+
+// attach takes over h's pinned link or makes a new one.
+func (d *Datapath) attach(h hook) (attached, error) {
+	var path string
+	if d.cfg.PinDir != "" {
+		path = filepath.Join(d.cfg.PinDir, h.pin)
+		if l := d.adopt(path, h); l != nil {
+			return attached{l, true}, nil
+		}
+	}
+	l, err := link.AttachTCX(link.TCXOptions{Interface: h.dev.Index, Program: h.prog, Attach: h.at})
+	if err != nil {
+		return attached{}, fmt.Errorf("kernel datapath: attaching to %s (TCX, Linux %s+): %w", h.dev.Name, MinKernel, err)
+	}
+	a := attached{Link: l}
+	if path != "" {
+		if err := l.Pin(path); err != nil {
+			d.log.Warn("kernel datapath: pinning a link failed; the programs will stop with twilld", "path", path, "err", err)
+		} else {
+			a.pinned = true
+		}
+	}
+	return a, nil
+}
+
+// adopt updates the link pinned at path to h's program when it is on h's
+// hook, and returns it; a link pinned for another device or hook (the
+// underlay changed, twill0 was made anew) is detached and nil returned.
+func (d *Datapath) adopt(path string, h hook) link.Link {
+	l, err := link.LoadPinnedLink(path, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		d.log.Warn("kernel datapath: a pinned link is unreadable; attaching anew", "path", path, "err", err)
+		os.Remove(path)
+		return nil
+	}
+	info, err := l.Info()
+	if err == nil && info.TCX() != nil && int(info.TCX().Ifindex) == h.dev.Index && ebpf.AttachType(info.TCX().AttachType) == h.at {
+		if err = l.Update(h.prog); err == nil {
+			d.log.Info("kernel datapath: took over the programs a previous twilld left attached", "device", h.dev.Name, "link", path)
+			return l
+		}
+	}
+	d.log.Info("kernel datapath: detaching programs a previous twilld left on another hook", "link", path, "err", err)
+	l.Unpin()
+	l.Close()
+	return nil
+}
+
+// Pinned tells whether the programs stay attached after Release.
+func (d *Datapath) Pinned() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, l := range d.links {
+		if !l.pinned {
+			return false
+		}
+	}
+	return len(d.links) > 0
+}
+
+// Close detaches the programs, removes their pins and frees the maps. Safe
+// to call more than once.
+func (d *Datapath) Close() error { return d.close(false) }
+
+// Release lets go of the programs without detaching them: pinned, they go
+// on forwarding with the maps as they are for Hold, or until the next
+// twilld's Attach takes them over. Unpinned links are detached.
+func (d *Datapath) Release() error { return d.close(true) }
+
+func (d *Datapath) close(keep bool) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil
+	}
+	d.closed = true
+	close(d.stop)
+	<-d.done
 	var errs []error
 	for _, l := range d.links {
+		if !keep && l.pinned {
+			errs = append(errs, l.Unpin())
+		}
 		errs = append(errs, l.Close())
+	}
+	if !keep && d.cfg.PinDir != "" {
+		os.Remove(d.cfg.PinDir)
 	}
 	d.links = nil
 	errs = append(errs, d.objs.Close())
 	return errors.Join(errs...)
 }
+
+var errClosed = errors.New("kernel datapath closed")
 
 // AddOverlay records this host's lease local in overlay: datagrams from
 // peers of overlay are decapsulated only when their inner destination lies
@@ -222,8 +377,8 @@ func (d *Datapath) entries() (map[netip.Prefix]twillPeer, map[netip.Addr]uint32)
 // sync writes the difference between the desired and the written state to
 // the maps: additions and changes first, removals last.
 func (d *Datapath) sync() error {
-	if d.links == nil {
-		return fmt.Errorf("kernel datapath closed")
+	if d.closed {
+		return errClosed
 	}
 	want, senders := d.entries()
 	for a, n := range senders {

@@ -42,6 +42,9 @@ func openInNetns(t *testing.T) *Datapath {
 			return
 		}
 		d, err = Open(Config{TUN: "twk-tun", Underlay: "twk-ul", LocalIP: netip.MustParseAddr("10.199.0.1"), Port: 8285, MTU: 1472})
+		if err == nil {
+			err = d.Attach()
+		}
 	}()
 	<-done
 	if err != nil {

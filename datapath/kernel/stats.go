@@ -56,8 +56,8 @@ var dropNames = map[twillCounter]string{
 func (d *Datapath) Stats() (Stats, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.links == nil {
-		return Stats{}, fmt.Errorf("kernel datapath closed")
+	if d.closed {
+		return Stats{}, errClosed
 	}
 	s := Stats{Drops: map[string]uint64{}, Peers: map[netip.Prefix]PeerStats{}}
 	var vals []uint64

@@ -112,6 +112,27 @@ struct {
 	__type(value, __u64);
 } stats SEC(".maps");
 
+// alive[0] is the CLOCK_MONOTONIC time (ns) until which twilld vouches for
+// the maps; it moves it on every second. The programs stay attached while
+// twilld restarts (pinned links), and forward on their own until then; past
+// it, a twilld that is gone for good (or frozen) can no longer keep the
+// peers in step with etcd, so everything is left to the TUN path, as if the
+// programs were not there.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} alive SEC(".maps");
+
+static __always_inline int stale(void)
+{
+	__u32 k = 0;
+	__u64 *until = bpf_map_lookup_elem(&alive, &k);
+
+	return !until || bpf_ktime_get_ns() > *until;
+}
+
 static __always_inline void count(enum counter c)
 {
 	__u64 *v = bpf_map_lookup_elem(&stats, &c);
@@ -200,9 +221,10 @@ int twill_encap(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	if (bpf_skb_load_bytes(skb, 0, &ip, sizeof(ip)) < 0)
 		return TC_ACT_OK;
-	// IP options, fragments: left to the TUN path (TC_ACT_OK: the packet
-	// continues into twill0 and twilld forwards it).
-	if (ip.version != 4 || ip.ihl != 5 || (ip.frag_off & bpf_htons(IP_MF | IP_OFFSET))) {
+	// IP options, fragments, maps twilld no longer vouches for: left to the
+	// TUN path (TC_ACT_OK: the packet continues into twill0 and twilld
+	// forwards it).
+	if (ip.version != 4 || ip.ihl != 5 || (ip.frag_off & bpf_htons(IP_MF | IP_OFFSET)) || stale()) {
 		count(PASS_OUT);
 		return TC_ACT_OK;
 	}
@@ -301,6 +323,10 @@ int twill_decap(struct __sk_buff *skb)
 	}
 	if (h.udp.dest != local_port)
 		return TC_ACT_UNSPEC;
+	if (stale()) {
+		count(PASS_IN);
+		return TC_ACT_UNSPEC;
+	}
 
 	// From here on the datagram is twill's: dropped and counted, passed to
 	// twilld, or decapsulated.

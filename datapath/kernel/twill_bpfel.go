@@ -61,6 +61,7 @@ type twillPeerStats struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	twillMapAlive           = "alive"
 	twillMapPeerStats       = "peer_stats"
 	twillMapPeers           = "peers"
 	twillMapSenders         = "senders"
@@ -124,6 +125,7 @@ type twillProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type twillMapSpecs struct {
+	Alive     *ebpf.MapSpec `ebpf:"alive"`
 	PeerStats *ebpf.MapSpec `ebpf:"peer_stats"`
 	Peers     *ebpf.MapSpec `ebpf:"peers"`
 	Senders   *ebpf.MapSpec `ebpf:"senders"`
@@ -161,6 +163,7 @@ func (o *twillObjects) Close() error {
 //
 // It can be passed to loadTwillObjects or ebpf.CollectionSpec.LoadAndAssign.
 type twillMaps struct {
+	Alive     *ebpf.Map `ebpf:"alive"`
 	PeerStats *ebpf.Map `ebpf:"peer_stats"`
 	Peers     *ebpf.Map `ebpf:"peers"`
 	Senders   *ebpf.Map `ebpf:"senders"`
@@ -169,6 +172,7 @@ type twillMaps struct {
 
 func (m *twillMaps) Close() error {
 	return _TwillClose(
+		m.Alive,
 		m.PeerStats,
 		m.Peers,
 		m.Senders,

@@ -160,14 +160,25 @@ func (f *Forwarder) Run(ctx context.Context) error {
 	return err
 }
 
-// Close deletes the TUN and closes the socket; Run then returns. It is
-// safe to call more than once.
+// Close deletes the TUN (unless Persist kept it) and closes the socket; Run
+// then returns. It is safe to call more than once.
 func (f *Forwarder) Close() error {
 	f.closeOnce.Do(func() {
 		f.closing.Store(true)
 		f.closeErr = errors.Join(f.tun.Close(), f.conn.Close())
 	})
 	return f.closeErr
+}
+
+// Persist makes twill0 outlive this Forwarder (on) or go with it (off): a
+// kernel datapath attached to it then forwards while no twilld runs. The
+// TUN must support it (the Linux device does, fakes do not).
+func (f *Forwarder) Persist(on bool) error {
+	p, ok := f.tun.(interface{ SetPersist(bool) error })
+	if !ok {
+		return fmt.Errorf("tun %s cannot persist: %w", f.tun.Name(), ErrInvalid)
+	}
+	return p.SetPersist(on)
 }
 
 func (f *Forwarder) path() string {

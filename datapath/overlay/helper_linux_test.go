@@ -118,6 +118,12 @@ func helperForwarder() error {
 			return err
 		}
 	}
+	if kdp != nil {
+		if err := kdp.Attach(); err != nil {
+			f.Close()
+			return err
+		}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	path := f.Path()

@@ -217,6 +217,24 @@ func (t *tunDevice) RemoveOverlay(overlay, local netip.Prefix) error {
 	return nil
 }
 
+// SetPersist makes the device outlive this fd (TUNSETPERSIST): its
+// addresses, routes and attached programs stay when twilld exits or dies,
+// and the next twilld's openTUN attaches to it again.
+func (t *tunDevice) SetPersist(on bool) error {
+	v := 0
+	if on {
+		v = 1
+	}
+	var err error
+	if cerr := t.rc.Control(func(fd uintptr) { err = unix.IoctlSetInt(int(fd), unix.TUNSETPERSIST, v) }); cerr != nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("tun %s: TUNSETPERSIST %d: %w", t.name, v, err)
+	}
+	return nil
+}
+
 // Close closes the fd; the kernel deletes a non-persistent TUN with it.
 func (t *tunDevice) Close() error {
 	if err := t.file.Close(); err != nil && !errors.Is(err, os.ErrClosed) {
