@@ -42,6 +42,11 @@ type helperFwdConfig struct {
 	WGKey   string
 	WGPeers map[string]string
 	Kernel  bool // also attach the kernel datapath (datapath/kernel) on twill0 and ul0
+	// BPFFS, with Kernel: a bpf filesystem to pin the kernel datapath's
+	// links in (kernel.PinDir), with Hold; twill0 then outlives the process
+	// until it stops with SIGTERM.
+	BPFFS string
+	Hold  time.Duration
 }
 
 // helperStats is what the forwarder helper writes when it stops: the TUN
@@ -98,7 +103,14 @@ func helperForwarder() error {
 	}
 	var kdp *kernel.Datapath
 	if c.Kernel {
-		kdp, err = kernel.Open(kernel.Config{TUN: "twill0", Underlay: "ul0", LocalIP: netip.MustParseAddr(c.Public), Port: 8285, MTU: c.MTU, Logger: log})
+		var pins string
+		if c.BPFFS != "" {
+			if pins, err = kernel.PinDir(c.BPFFS); err != nil {
+				f.Close()
+				return err
+			}
+		}
+		kdp, err = kernel.Open(kernel.Config{TUN: "twill0", Underlay: "ul0", LocalIP: netip.MustParseAddr(c.Public), Port: 8285, MTU: c.MTU, PinDir: pins, Hold: c.Hold, Logger: log})
 		if err == nil {
 			err = kdp.AddOverlay(netip.MustParsePrefix(c.Overlay), netip.MustParsePrefix(c.Local))
 		}
@@ -106,7 +118,6 @@ func helperForwarder() error {
 			f.Close()
 			return err
 		}
-		defer kdp.Close()
 	}
 	for s, a := range c.Peers {
 		err := f.SetPeer(netip.MustParsePrefix(s), netip.MustParseAddrPort(a))
@@ -119,13 +130,35 @@ func helperForwarder() error {
 		}
 	}
 	if kdp != nil {
-		if err := kdp.Attach(); err != nil {
+		err := kdp.Attach()
+		if err == nil {
+			err = f.Persist(kdp.Pinned())
+		}
+		if err != nil {
+			kdp.Close()
 			f.Close()
 			return err
 		}
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	sig, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	// On SIGTERM the kernel datapath goes first, with its counters, and
+	// twill0 with the forwarder (as twilld does when no container is left).
+	ctx, cancel := context.WithCancel(context.Background())
+	var hs helperStats
+	var kerr error
+	go func() {
+		<-sig.Done()
+		if kdp != nil {
+			var ks kernel.Stats
+			if ks, kerr = kdp.Stats(); kerr == nil {
+				hs.Kernel = &ks
+			}
+			kdp.Close()
+			f.Persist(false)
+		}
+		cancel()
+	}()
 	path := f.Path()
 	if kdp != nil {
 		path = "kernel+" + path
@@ -142,13 +175,9 @@ func helperForwarder() error {
 		}
 	}
 	runErr := f.Run(ctx)
-	hs := helperStats{Stats: f.Stats()}
-	if kdp != nil {
-		ks, err := kdp.Stats()
-		if err != nil {
-			return err
-		}
-		hs.Kernel = &ks
+	hs.Stats = f.Stats()
+	if kerr != nil {
+		return kerr
 	}
 	b, err := json.MarshalIndent(hs, "", " ")
 	if err != nil {

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/twill-net/twill/datapath/kernel"
 	"github.com/twill-net/twill/internal/testbed"
 )
@@ -143,5 +145,57 @@ func TestKernelPathFallthrough(t *testing.T) {
 		if p.PacketsOut < 3 {
 			t.Errorf("host 1's kernel sent %d packets, want the ordinary pings", p.PacketsOut)
 		}
+	}
+}
+
+// TestKernelPathKill: a forwarder on the kernel datapath with its links
+// pinned is killed (kill -9) while pings run every 20 ms: its programs
+// forward on and none is lost. Nobody vouches for their maps any more, so
+// once the hold has passed they stop (a crashed twilld that never comes
+// back must not keep forwarding to peers that may have left); the next
+// forwarder takes them over and traffic flows again.
+func TestKernelPathKill(t *testing.T) {
+	requireKernel(t)
+	root := t.TempDir()
+	if err := unix.Mount("two-bpf", root, "bpf", 0, ""); err != nil {
+		t.Skipf("mounting a bpf filesystem: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(root, unix.MNT_DETACH) })
+	tp := newTopo(t, 2)
+	tp.kern, tp.bpffs, tp.hold = true, root, 3*time.Second
+	f1 := tp.startForwarder(1, OffloadAuto, 2)
+	tp.startForwarder(2, OffloadAuto, 1)
+	testbed.MustIn(t, containerNS(1), "busybox", "ping", "-c", "3", "-i", "0.2", "-W", "2", containerIP(2))
+
+	done := make(chan string, 1)
+	go func() {
+		out, _ := testbed.In(containerNS(1), "busybox", "ping", "-c", "100", "-i", "0.02", "-W", "1", containerIP(2))
+		done <- out
+	}()
+	time.Sleep(500 * time.Millisecond)
+	f1.proc.Kill()
+	killed := time.Now()
+	out := <-done
+	if !strings.Contains(out, "100 packets transmitted, 100 packets received") {
+		t.Errorf("pings across the kill -9 (the programs forward on their own):\n%s", out)
+	}
+	if _, err := testbed.In(hostNS(1), "ip", "link", "show", "twill0"); err != nil {
+		t.Fatalf("twill0 went with the killed forwarder: %v", err)
+	}
+
+	time.Sleep(time.Until(killed.Add(tp.hold + 500*time.Millisecond)))
+	if out, err := testbed.In(containerNS(1), "busybox", "ping", "-c", "2", "-i", "0.2", "-W", "1", containerIP(2)); err == nil {
+		t.Errorf("the hold (%v) has passed since the kill, yet the programs still forward:\n%s", tp.hold, out)
+	}
+
+	delete(tp.fwds, 1)
+	f1 = tp.startForwarder(1, OffloadAuto, 2)
+	testbed.MustIn(t, containerNS(1), "busybox", "ping", "-c", "3", "-i", "0.2", "-W", "2", containerIP(2))
+	if log := f1.proc.Tail(20000); !strings.Contains(log, "took over the programs") {
+		t.Errorf("the new forwarder did not take the pinned programs over; log:\n%s", log)
+	}
+	tp.stopAll()
+	if out, err := testbed.In(hostNS(1), "ip", "link", "show", "twill0"); err == nil {
+		t.Errorf("twill0 still exists after a clean stop: %s", out)
 	}
 }

@@ -38,6 +38,8 @@ type testTopo struct {
 	busy  time.Duration // Config.BusyPoll of the forwarders started next
 	wg    []string      // when set, the forwarders started next run WireGuard with these private keys (host i: wg[i-1])
 	kern  bool          // the forwarders started next also attach the kernel datapath
+	bpffs string        // with kern: pin its links in this bpf filesystem (helperFwdConfig.BPFFS)
+	hold  time.Duration // with bpffs: kernel.Config.Hold
 }
 
 type testFwd struct {
@@ -107,7 +109,7 @@ func (tp *testTopo) startForwarder(i int, offload string, peers ...int) *testFwd
 	t := tp.t
 	t.Helper()
 	c := helperFwdConfig{
-		MTU: testMTU, Public: underlayIP(i), Offload: offload, Busy: tp.busy, Kernel: tp.kern,
+		MTU: testMTU, Public: underlayIP(i), Offload: offload, Busy: tp.busy, Kernel: tp.kern, BPFFS: tp.bpffs, Hold: tp.hold,
 		Overlay: testOverlay, Local: leaseOf(i), Peers: map[string]string{},
 		Ready: filepath.Join(tp.dir, fmt.Sprintf("fwd%d-%d.ready", i, time.Now().UnixNano())),
 		Stats: filepath.Join(tp.dir, fmt.Sprintf("fwd%d-%d.json", i, time.Now().UnixNano())),
