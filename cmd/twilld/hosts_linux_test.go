@@ -84,6 +84,7 @@ func (c *cluster) launch(n int, extra ...string) *host {
 		"--state-dir", h.dir, "--plugin-dir", h.dir, "--control-socket", filepath.Join(h.dir, "ctl.sock"),
 		"--subnet-env", filepath.Join(h.dir, "subnet.env"), "--metrics-addr", "", "--log-level", "debug",
 		"--docker-socket", "", // never this machine's dockerd
+		"--bpf-fs", "", // never pin in this machine's bpf filesystem
 	}
 	h.proc = testbed.Start(t, h.ns, filepath.Join(h.dir, "twilld.log"), []string{"TWILL_TEST_ROLE=twilld"}, os.Args[0], append(args, extra...)...)
 	return h
