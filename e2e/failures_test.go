@@ -102,11 +102,11 @@ func (s *scenario) pluginKilled(t *testing.T) {
 	id := h3.pluginID(t)
 	const capCall = "NetworkDriver.GetCapabilities"
 	caps := strings.Count(h3.pluginLog(id), capCall)
-	// A ping every 20 ms from h1-a to h3-a across the kill: how long the
+	// A ping every 10 ms from h1-a to h3-a across the kill: how long the
 	// datapath (TUN or kernel, whichever runs) stops while twilld is gone.
 	// The kernel datapath's programs stay attached (pinned in the host's
 	// bpf filesystem) and the restarted twilld takes them over: none lost.
-	pings := pingAcross(s.byName("h1-a"), s.byName("h3-a"), 400)
+	pings := pingAcross(s.byName("h1-a"), s.byName("h3-a"), 800)
 	time.Sleep(time.Second)
 	if err := syscall.Kill(old[0], syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -114,8 +114,8 @@ func (s *scenario) pluginKilled(t *testing.T) {
 	killed := time.Now()
 	defer func() {
 		sent, lost, out := pings()
-		t.Logf("pings h1-a -> h3-a every 20ms across the kill: %d of %d lost (a gap of about %v)", lost, sent, time.Duration(lost)*20*time.Millisecond)
-		if sent < 200 || time.Duration(lost)*20*time.Millisecond > 5*time.Second {
+		t.Logf("pings h1-a -> h3-a every 10ms across the kill: %d of %d lost (a gap of about %v)", lost, sent, time.Duration(lost)*pingEvery)
+		if sent < 400 || time.Duration(lost)*pingEvery > 5*time.Second {
 			t.Errorf("h3's datapath stopped for more than 5 s across a plugin kill, or ping did not run: %d of %d pings lost:\n%s", lost, sent, out)
 		} else if kernelPath() && lost > 0 {
 			t.Errorf("kernel datapath: %d of %d pings lost across a kill -9 of twilld; its programs should have forwarded on their own", lost, sent)
@@ -159,12 +159,15 @@ func (s *scenario) pluginKilled(t *testing.T) {
 	}
 }
 
-// pingAcross starts count pings every 20 ms from one container to another
+// pingEvery is how often pingAcross pings.
+const pingEvery = 10 * time.Millisecond
+
+// pingAcross starts count pings every 10 ms from one container to another
 // and returns a function that waits for them: sent, lost, ping's output.
 func pingAcross(from, to ctr, count int) func() (sent, lost int, out string) {
 	done := make(chan string, 1)
 	go func() {
-		out, _ := from.h.docker("exec", from.name, "ping", "-i", "0.02", "-c", fmt.Sprint(count), "-W", "1", "-w", fmt.Sprint(count/50+7), to.ip.String())
+		out, _ := from.h.docker("exec", from.name, "ping", "-i", "0.01", "-c", fmt.Sprint(count), "-W", "1", "-w", fmt.Sprint(count/100+7), to.ip.String())
 		done <- out
 	}()
 	return func() (int, int, string) {
@@ -230,7 +233,7 @@ func (s *scenario) disableEnable(t *testing.T) {
 	h1 := hosts()[0]
 	veths, bridges := h1.links(t)
 	rules := h1.rules(t)
-	pings := pingAcross(s.byName("h2-a"), s.byName("h1-a"), 400)
+	pings := pingAcross(s.byName("h2-a"), s.byName("h1-a"), 800)
 	time.Sleep(time.Second)
 	start := time.Now()
 	h1.mustDocker(t, "plugin", "disable", "-f", driver)
@@ -243,8 +246,8 @@ func (s *scenario) disableEnable(t *testing.T) {
 	h1.mustDocker(t, "plugin", "enable", driver)
 	took := time.Since(start)
 	sent, lost, out := pings()
-	t.Logf("disable -f and enable took %.1fs; pings h2-a -> h1-a every 20ms: %d of %d lost (a gap of about %v)", took.Seconds(), lost, sent, time.Duration(lost)*20*time.Millisecond)
-	if sent < 200 {
+	t.Logf("disable -f and enable took %.1fs; pings h2-a -> h1-a every 10ms: %d of %d lost (a gap of about %v)", took.Seconds(), lost, sent, time.Duration(lost)*pingEvery)
+	if sent < 400 {
 		t.Errorf("ping did not run across disable and enable:\n%s", out)
 	} else if kernelPath() && took < 8*time.Second && lost > 0 {
 		t.Errorf("kernel datapath: %d of %d pings lost across disable -f and enable (%.1fs, under the 10 s hold)", lost, sent, took.Seconds())

@@ -59,10 +59,10 @@ func (s *scenario) upgradeAndSet(t *testing.T) {
 
 	before := subnetOf(h2.status(t))
 	a, b := s.byName("h2-a"), s.byName("h2-b")
-	// Pings every 20 ms from h1-a to h2-a across disable -f, upgrade and
+	// Pings every 10 ms from h1-a to h2-a across disable -f, upgrade and
 	// enable: on the kernel datapath its programs forward while no twilld
 	// runs (for the hold, 10 s), on the TUN path nothing does.
-	pings := pingAcross(s.byName("h1-a"), a, 750)
+	pings := pingAcross(s.byName("h1-a"), a, 1500)
 	time.Sleep(time.Second)
 	start := time.Now()
 	h2.mustDocker(t, "plugin", "disable", "-f", driver)
@@ -92,8 +92,8 @@ func (s *scenario) upgradeAndSet(t *testing.T) {
 	enabled = true
 	took := time.Since(start)
 	sent, lost, pout := pings()
-	t.Logf("disable -f, upgrade, enable took %.1fs; pings h1-a -> h2-a every 20ms: %d of %d lost (a gap of about %v)", took.Seconds(), lost, sent, time.Duration(lost)*20*time.Millisecond)
-	if sent < 375 {
+	t.Logf("disable -f, upgrade, enable took %.1fs; pings h1-a -> h2-a every 10ms: %d of %d lost (a gap of about %v)", took.Seconds(), lost, sent, time.Duration(lost)*pingEvery)
+	if sent < 750 {
 		t.Errorf("ping did not run across the upgrade:\n%s", pout)
 	} else if kernelPath() && took < 8*time.Second && lost > 0 {
 		t.Errorf("kernel datapath: %d of %d pings lost across an upgrade of %.1fs (under the 10 s hold)", lost, sent, took.Seconds())

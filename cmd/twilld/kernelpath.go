@@ -32,7 +32,7 @@ func (n *node) startKernelPath() error {
 			n.log.Warn("kernel datapath asked for (TWILL_DATAPATH=kernel) although it may not suit this host", "reason", why)
 		}
 	}
-	k, err := kernel.Open(kernel.Config{TUN: "twill0", Underlay: n.under.Name, LocalIP: n.under.Addr, Port: n.cfg.Port, MTU: n.mtu, PinDir: pins, Logger: n.log})
+	k, err := kernel.Open(kernel.Config{TUN: "twill0", Underlay: n.under.Name, LocalIP: n.under.Addr, Port: n.cfg.Port, MTU: n.mtu, PinDir: pins, GRO: groPair, Logger: n.log})
 	if err != nil {
 		return n.kernelPathFailed(err, pins)
 	}
@@ -101,13 +101,15 @@ func (n *node) pinDir() string {
 	return dir
 }
 
-// dropKernelPath detaches programs a previous twilld left pinned, for a
-// twilld that runs the TUN path alone, and lets twill0 go with it.
+// groPair names the kernel datapath's GRO veth pair, twillgro0/twillgro1.
+const groPair = "twillgro"
+
+// dropKernelPath detaches programs a previous twilld left pinned and its
+// GRO pair, for a twilld that runs the TUN path alone, and lets twill0 go
+// with it.
 func (n *node) dropKernelPath(pins string) {
-	if pins != "" {
-		if err := kernel.Remove(pins); err != nil {
-			n.log.Warn("removing the kernel datapath a previous twilld left attached", "err", err)
-		}
+	if err := kernel.Remove(pins, groPair); err != nil {
+		n.log.Warn("removing the kernel datapath a previous twilld left attached", "err", err)
 	}
 	if err := n.fwd.Persist(false); err != nil {
 		n.log.Warn("twill0", "err", err)

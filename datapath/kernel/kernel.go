@@ -46,6 +46,10 @@ type Config struct {
 	// them over in place, so traffic does not stop. Empty: the programs go
 	// with twilld's file descriptors.
 	PinDir string
+	// GRO, when set, names the veth pair (GRO+"0", GRO+"1") that
+	// decapsulated single segments pass through to be merged before twill0
+	// (gro.go); made if missing, deleted by Close. Empty: no GRO stage.
+	GRO string
 	// Hold is how long the programs go on forwarding after twilld last
 	// vouched for their maps (every second while it runs); past it they
 	// leave everything to the TUN path. Zero means DefaultHold.
@@ -65,6 +69,7 @@ type Datapath struct {
 	objs  twillObjects
 	tun   *netlink.LinkAttrs // the devices the programs were made for
 	under *netlink.LinkAttrs
+	gro   *netlink.LinkAttrs // the GRO veth's merging end, or nil
 	links []attached
 	stop  chan struct{} // ends the heartbeat
 	done  chan struct{}
@@ -102,6 +107,18 @@ func Open(cfg Config) (_ *Datapath, err error) {
 	if err != nil {
 		return nil, err
 	}
+	var groTx, groRx *netlink.LinkAttrs
+	if cfg.GRO != "" {
+		if groTx, groRx, err = ensureGRO(cfg.GRO, cfg.MTU); err != nil {
+			cfg.Logger.Warn("kernel datapath: no GRO stage; decapsulated segments go to twill0 one by one", "err", err)
+			removeGRO(cfg.GRO)
+			groTx, groRx = nil, nil
+		}
+	}
+	var groIndex uint32
+	if groTx != nil {
+		groIndex = uint32(groTx.Index)
+	}
 	ip := cfg.LocalIP.As4()
 	var port [2]byte
 	binary.BigEndian.PutUint16(port[:], cfg.Port)
@@ -111,13 +128,14 @@ func Open(cfg Config) (_ *Datapath, err error) {
 		twillVarMtu:             uint32(cfg.MTU),
 		twillVarTunIfindex:      uint32(tun.Attrs().Index),
 		twillVarUnderlayIfindex: uint32(under.Attrs().Index),
+		twillVarGroIfindex:      groIndex,
 	} {
 		if err := spec.Variables[name].Set(v); err != nil {
 			return nil, fmt.Errorf("kernel datapath: setting %s: %w", name, err)
 		}
 	}
 	d := &Datapath{
-		cfg: cfg, log: cfg.Logger, tun: tun.Attrs(), under: under.Attrs(),
+		cfg: cfg, log: cfg.Logger, tun: tun.Attrs(), under: under.Attrs(), gro: groRx,
 		overlays: map[netip.Prefix]netip.Prefix{}, peers: map[netip.Prefix]netip.AddrPort{},
 		written: map[netip.Prefix]twillPeer{}, senders: map[netip.Addr]uint32{},
 	}
@@ -141,10 +159,15 @@ func Open(cfg Config) (_ *Datapath, err error) {
 // under: the decapsulating one first, so a peer's datagrams are accepted
 // before this host sends it any.
 func (d *Datapath) hooks() []hook {
-	return []hook{
+	hs := []hook{
 		{"decap", d.objs.TwillDecap, d.under, ebpf.AttachTCXIngress},
 		{"encap", d.objs.TwillEncap, d.tun, ebpf.AttachTCXEgress},
 	}
+	if d.gro != nil {
+		// First of all: twill_decap sends segments its way once attached.
+		hs = append([]hook{{"gro", d.objs.TwillGro, d.gro, ebpf.AttachTCXIngress}}, hs...)
+	}
+	return hs
 }
 
 // attached is a link of ours, and whether it is pinned (it then outlives
@@ -178,6 +201,10 @@ func (d *Datapath) Attach() error {
 		if err := os.MkdirAll(d.cfg.PinDir, 0o700); err != nil {
 			return fmt.Errorf("kernel datapath: %w", err)
 		}
+	}
+	if d.gro == nil && d.cfg.PinDir != "" {
+		// A GRO stage an earlier twilld had: its pair is gone or going.
+		unpin(filepath.Join(d.cfg.PinDir, "gro"))
 	}
 	var links []attached
 	for _, h := range d.hooks() {
@@ -283,6 +310,9 @@ func (d *Datapath) close(keep bool) error {
 	}
 	if !keep && d.cfg.PinDir != "" {
 		os.Remove(d.cfg.PinDir)
+	}
+	if !keep && d.cfg.GRO != "" {
+		errs = append(errs, removeGRO(d.cfg.GRO))
 	}
 	d.links = nil
 	errs = append(errs, d.objs.Close())

@@ -34,25 +34,32 @@ func PinDir(root string) (string, error) {
 	return filepath.Join(root, "twill", fmt.Sprintf("net-%d", st.Ino)), nil
 }
 
-// Remove detaches programs a previous twilld left pinned in dir, for a
-// twilld that will not run the kernel datapath: they would otherwise go on
-// forwarding beside its TUN path until their hold ran out.
-func Remove(dir string) error {
-	var errs []error
-	for _, name := range []string{"encap", "decap"} {
-		path := filepath.Join(dir, name)
-		l, err := link.LoadPinnedLink(path, nil)
-		if errors.Is(err, os.ErrNotExist) {
-			continue
-		}
-		if err != nil {
-			errs = append(errs, fmt.Errorf("kernel datapath: pinned link %s: %w", path, err))
-			continue
-		}
-		errs = append(errs, l.Unpin(), l.Close())
+// Remove detaches programs a previous twilld left pinned in dir, and
+// deletes its GRO veth pair (gro: Config.GRO), for a twilld that will not
+// run the kernel datapath: they would otherwise go on forwarding beside its
+// TUN path until their hold ran out.
+func Remove(dir, gro string) error {
+	errs := []error{removeGRO(gro)}
+	if dir == "" {
+		return errors.Join(errs...)
+	}
+	for _, name := range []string{"encap", "decap", "gro"} {
+		errs = append(errs, unpin(filepath.Join(dir, name)))
 	}
 	os.Remove(dir)
 	return errors.Join(errs...)
+}
+
+// unpin detaches the link pinned at path, if any.
+func unpin(path string) error {
+	l, err := link.LoadPinnedLink(path, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("kernel datapath: pinned link %s: %w", path, err)
+	}
+	return errors.Join(l.Unpin(), l.Close())
 }
 
 // heartbeat vouches for the maps every second until Close or Release.

@@ -123,7 +123,7 @@ func TestTakeOver(t *testing.T) {
 
 		d3 := open()
 		must(t, d3.Release())
-		must(t, Remove(dir))
+		must(t, Remove(dir, ""))
 		if ids := attached(); len(ids) != 0 {
 			t.Errorf("after Remove: programs %v still attached", ids)
 		}

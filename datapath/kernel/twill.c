@@ -37,6 +37,7 @@ volatile const __u16 local_port = 0;  // twill's UDP port, network order
 volatile const __u32 mtu = 0;         // twill0's MTU: largest inner packet
 volatile const __u32 tun_ifindex = 0; // twill0
 volatile const __u32 underlay_ifindex = 0;
+volatile const __u32 gro_ifindex = 0; // veth whose peer merges decapsulated segments (GRO); 0: none
 
 // peer is one remote lease, keyed by its subnet in the LPM trie peers.
 struct peer {
@@ -404,8 +405,27 @@ int twill_decap(struct __sk_buff *skb)
 	peer_count(p->id, 0, segments(skb, payload, hdrs, &bytes), bytes);
 	// Inner flows spread over CPUs by their own hash, not the tunnel's.
 	bpf_set_hash_invalid(skb);
+	// One segment of a TCP stream, as a NIC delivers them: through the GRO
+	// veth first, whose NAPI merges a stream's segments as VXLAN's
+	// gro_cells do, then (twill_gro) into twill0, so routing, the bridge and
+	// the container handle one super-packet instead of dozens.
+	if (gro_ifindex && !skb->gso_size)
+		return bpf_redirect(gro_ifindex, 0);
 	// Into twill0's ingress: routing, the firewall and published ports see
 	// the packet as if twilld had written it to the TUN.
+	return bpf_redirect(tun_ifindex, BPF_F_INGRESS);
+}
+
+// twill_gro runs on the ingress of the GRO veth's receiving end: what
+// twill_decap sent through it, merged by GRO, continues into twill0 as if
+// twill_decap had put it there. Nothing else comes this way but what the
+// kernel itself sends out of a link without addresses (IPv6 neighbour
+// discovery): dropped.
+SEC("tc")
+int twill_gro(struct __sk_buff *skb)
+{
+	if (skb->protocol != bpf_htons(ETH_P_IP))
+		return TC_ACT_SHOT;
 	return bpf_redirect(tun_ifindex, BPF_F_INGRESS);
 }
 

@@ -68,6 +68,8 @@ const (
 	twillMapStats           = "stats"
 	twillProgTwillDecap     = "twill_decap"
 	twillProgTwillEncap     = "twill_encap"
+	twillProgTwillGro       = "twill_gro"
+	twillVarGroIfindex      = "gro_ifindex"
 	twillVarLocalIp         = "local_ip"
 	twillVarLocalPort       = "local_port"
 	twillVarMtu             = "mtu"
@@ -119,6 +121,7 @@ type twillSpecs struct {
 type twillProgramSpecs struct {
 	TwillDecap *ebpf.ProgramSpec `ebpf:"twill_decap"`
 	TwillEncap *ebpf.ProgramSpec `ebpf:"twill_encap"`
+	TwillGro   *ebpf.ProgramSpec `ebpf:"twill_gro"`
 }
 
 // twillMapSpecs contains maps before they are loaded into the kernel.
@@ -136,6 +139,7 @@ type twillMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type twillVariableSpecs struct {
+	GroIfindex      *ebpf.VariableSpec `ebpf:"gro_ifindex"`
 	LocalIp         *ebpf.VariableSpec `ebpf:"local_ip"`
 	LocalPort       *ebpf.VariableSpec `ebpf:"local_port"`
 	Mtu             *ebpf.VariableSpec `ebpf:"mtu"`
@@ -184,6 +188,7 @@ func (m *twillMaps) Close() error {
 //
 // It can be passed to loadTwillObjects or ebpf.CollectionSpec.LoadAndAssign.
 type twillVariables struct {
+	GroIfindex      *ebpf.Variable `ebpf:"gro_ifindex"`
 	LocalIp         *ebpf.Variable `ebpf:"local_ip"`
 	LocalPort       *ebpf.Variable `ebpf:"local_port"`
 	Mtu             *ebpf.Variable `ebpf:"mtu"`
@@ -197,12 +202,14 @@ type twillVariables struct {
 type twillPrograms struct {
 	TwillDecap *ebpf.Program `ebpf:"twill_decap"`
 	TwillEncap *ebpf.Program `ebpf:"twill_encap"`
+	TwillGro   *ebpf.Program `ebpf:"twill_gro"`
 }
 
 func (p *twillPrograms) Close() error {
 	return _TwillClose(
 		p.TwillDecap,
 		p.TwillEncap,
+		p.TwillGro,
 	)
 }
 

@@ -25,12 +25,19 @@ func handsOnPartial(l netlink.Link) (bool, error) {
 
 // txChecksumming reads ETHTOOL_GTXCSUM of dev.
 func txChecksumming(dev string) (bool, error) {
+	v, err := ethtool(dev, unix.ETHTOOL_GTXCSUM, 0)
+	return v != 0, err
+}
+
+// ethtool makes one legacy ethtool request (struct ethtool_value) of dev
+// and returns the value it answers.
+func ethtool(dev string, cmd, data uint32) (uint32, error) {
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return false, err
+		return 0, err
 	}
 	defer unix.Close(fd)
-	val := struct{ cmd, data uint32 }{cmd: unix.ETHTOOL_GTXCSUM}
+	val := struct{ cmd, data uint32 }{cmd, data}
 	var ifr struct {
 		name [unix.IFNAMSIZ]byte
 		data uintptr
@@ -39,9 +46,9 @@ func txChecksumming(dev string) (bool, error) {
 	copy(ifr.name[:], dev)
 	ifr.data = uintptr(unsafe.Pointer(&val))
 	if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCETHTOOL, uintptr(unsafe.Pointer(&ifr))); e != 0 {
-		return false, e
+		return 0, e
 	}
-	return val.data != 0, nil
+	return val.data, nil
 }
 
 // MinKernel is the oldest Linux the kernel datapath runs on: TCX links

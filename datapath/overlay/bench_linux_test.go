@@ -48,11 +48,16 @@ func BenchmarkDatapath(b *testing.B) {
 	rounds := envInt("TWILL_BENCH_ROUNDS", 3)
 	secs := envInt("TWILL_BENCH_SECONDS", 5)
 	tp := newTopo(b, 2)
-	segmenting := os.Getenv("TWILL_BENCH_UNDERLAY") == "segmenting"
+	rig := os.Getenv("TWILL_BENCH_UNDERLAY")
+	segmenting := rig == "segmenting" || rig == "nic"
 	for i, other := range []int{2, 1} {
 		h := hostNS(i + 1)
 		if segmenting {
 			testbed.MustIn(b, h, "ethtool", "-K", "ul0", "tso", "off", "gso", "off", "tx-udp_tnl-segmentation", "off", "tx", "off")
+		}
+		if rig == "nic" {
+			// As a host's NIC hands frames to the stack: through GRO.
+			testbed.MustIn(b, h, "ethtool", "-K", "ul0", "gro", "on")
 		}
 		testbed.Must(b, "ip", "-n", h, "link", "add", "two-vx", "type", "vxlan", "id", "42",
 			"local", underlayIP(i+1), "remote", underlayIP(other), "dstport", "4789", "dev", "ul0")
@@ -87,8 +92,10 @@ func BenchmarkDatapath(b *testing.B) {
 	}
 	v1, v4 := median(res["vxlan"].p1), median(res["vxlan"].p4)
 	if v1 > 0 && v4 > 0 {
-		b.ReportMetric(median(res["offload"].p1)/v1, "xVXLAN-P1")
-		b.ReportMetric(median(res["offload"].p4)/v4, "xVXLAN-P4")
+		if o := res["offload"]; o != nil {
+			b.ReportMetric(median(o.p1)/v1, "xVXLAN-P1")
+			b.ReportMetric(median(o.p4)/v4, "xVXLAN-P4")
+		}
 		if k := res["kernel"]; k != nil {
 			b.ReportMetric(median(k.p1)/v1, "kernel-xVXLAN-P1")
 			b.ReportMetric(median(k.p4)/v4, "kernel-xVXLAN-P4")
@@ -149,11 +156,11 @@ func (tp *testTopo) benchRound(b *testing.B, mode string, secs int, r *benchResu
 		tp.setContainerMTU(2, mtu)
 		fwds = append(fwds, tp.startForwarder(1, OffloadAuto, 2), tp.startForwarder(2, OffloadAuto, 1))
 		r.path = fwds[0].path
-	case "plain", "offload", "offload1p", "busy", "kernel":
-		off := map[string]string{"plain": OffloadOff, "offload": OffloadAuto, "offload1p": OffloadAuto, "busy": OffloadAuto, "kernel": OffloadAuto}[mode]
-		if mode == "kernel" {
-			tp.kern = true
-			defer func() { tp.kern = false }()
+	case "plain", "offload", "offload1p", "busy", "kernel", "kernelnogro":
+		off := map[string]string{"plain": OffloadOff, "offload": OffloadAuto, "offload1p": OffloadAuto, "busy": OffloadAuto, "kernel": OffloadAuto, "kernelnogro": OffloadAuto}[mode]
+		if mode == "kernel" || mode == "kernelnogro" {
+			tp.kern, tp.noGRO = true, mode == "kernelnogro"
+			defer func() { tp.kern, tp.noGRO = false, false }()
 		}
 		if mode == "busy" {
 			tp.busy = benchBusyPoll
@@ -176,7 +183,15 @@ func (tp *testTopo) benchRound(b *testing.B, mode string, secs int, r *benchResu
 		fwds = append(fwds, tp.startForwarder(1, off, 2), tp.startForwarder(2, off, 1))
 		r.path = fwds[0].path
 	}
-	defer tp.stopAll()
+	defer func() {
+		tp.stopAll()
+		for i, f := range fwds {
+			if k := f.kernel; k != nil {
+				b.Logf("%s: kernel path on host %d left %d datagrams in and %d packets out to the TUN path (refused %d/%d), dropped %v",
+					mode, i+1, k.PassedIn, k.PassedOut, k.RefusedIn, k.RefusedOut, k.Drops)
+			}
+		}
+	}()
 	r.cpuPing = append(r.cpuPing, cpuPercent(fwds, func() { r.rtt = append(r.rtt, pingP50(b, from, target)) }))
 	for _, p := range []int{1, 4} {
 		cpu0, busy0 := procCPU(fwds), machineBusy()
@@ -343,6 +358,7 @@ func benchTable(modes []string, res map[string]*benchResult, rounds, secs int, s
 			"wireguard":   "twill encrypted (wireguard)",
 			"wireguard1p": "twill encrypted GOMAXPROCS=1",
 			"kernel":      "twill kernel path (eBPF)",
+			"kernelnogro": "twill kernel path, no GRO stage",
 		}[m]
 		cpu := "–"
 		if r.path != "" { // a forwarder mode

@@ -47,6 +47,7 @@ type helperFwdConfig struct {
 	// until it stops with SIGTERM.
 	BPFFS string
 	Hold  time.Duration
+	NoGRO bool // with Kernel: no GRO stage (kernel.Config.GRO)
 }
 
 // helperStats is what the forwarder helper writes when it stops: the TUN
@@ -110,7 +111,11 @@ func helperForwarder() error {
 				return err
 			}
 		}
-		kdp, err = kernel.Open(kernel.Config{TUN: "twill0", Underlay: "ul0", LocalIP: netip.MustParseAddr(c.Public), Port: 8285, MTU: c.MTU, PinDir: pins, Hold: c.Hold, Logger: log})
+		gro := "twogro"
+		if c.NoGRO {
+			gro = ""
+		}
+		kdp, err = kernel.Open(kernel.Config{TUN: "twill0", Underlay: "ul0", LocalIP: netip.MustParseAddr(c.Public), Port: 8285, MTU: c.MTU, PinDir: pins, Hold: c.Hold, GRO: gro, Logger: log})
 		if err == nil {
 			err = kdp.AddOverlay(netip.MustParsePrefix(c.Overlay), netip.MustParsePrefix(c.Local))
 		}

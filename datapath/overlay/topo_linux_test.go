@@ -40,6 +40,7 @@ type testTopo struct {
 	kern  bool          // the forwarders started next also attach the kernel datapath
 	bpffs string        // with kern: pin its links in this bpf filesystem (helperFwdConfig.BPFFS)
 	hold  time.Duration // with bpffs: kernel.Config.Hold
+	noGRO bool          // with kern: no GRO stage
 }
 
 type testFwd struct {
@@ -109,7 +110,7 @@ func (tp *testTopo) startForwarder(i int, offload string, peers ...int) *testFwd
 	t := tp.t
 	t.Helper()
 	c := helperFwdConfig{
-		MTU: testMTU, Public: underlayIP(i), Offload: offload, Busy: tp.busy, Kernel: tp.kern, BPFFS: tp.bpffs, Hold: tp.hold,
+		MTU: testMTU, Public: underlayIP(i), Offload: offload, Busy: tp.busy, Kernel: tp.kern, BPFFS: tp.bpffs, Hold: tp.hold, NoGRO: tp.noGRO,
 		Overlay: testOverlay, Local: leaseOf(i), Peers: map[string]string{},
 		Ready: filepath.Join(tp.dir, fmt.Sprintf("fwd%d-%d.ready", i, time.Now().UnixNano())),
 		Stats: filepath.Join(tp.dir, fmt.Sprintf("fwd%d-%d.json", i, time.Now().UnixNano())),
