@@ -15,7 +15,8 @@ import (
 // move sha256-checked TCP, `twillctl peers` counts what the programs moved,
 // a host that joins is reachable from the others within a second, and one
 // that leaves is unreachable at once although nothing restarted the
-// programs (its subnet is gone from their map).
+// programs (its subnet is gone from their map), while a transfer between
+// the other two goes on.
 func TestKernelDatapathHosts(t *testing.T) {
 	c := newCluster(t, "twkk")
 	ctrs := map[int]testbed.Container{}
@@ -39,6 +40,11 @@ func TestKernelDatapathHosts(t *testing.T) {
 		}
 	}
 
+	// While a third host joins and leaves, 1 GiB flows from c1 to c2 on
+	// the programs: the peer table changing under them must not disturb
+	// them (transfer checks the sha256).
+	flowing := make(chan time.Duration, 1)
+	go func() { flowing <- transfer(t, ctrs[1].NS, ctrs[2].NS, ctrs[2].Addr.Addr(), 5002, 1<<30) }()
 	h3 := c.start(3, "--datapath", "kernel")
 	h3.net = h3.docker.CreateNetwork(t, testbed.ID("twkk-h3"), "10.96.0.0/16", nil)
 	ctrs[3] = c.container(h3, "c3")
@@ -67,5 +73,6 @@ func TestKernelDatapathHosts(t *testing.T) {
 		t.Errorf("after h3 left: %v", err)
 	}
 	t.Logf("h3 unreachable %v after it left", time.Since(left).Round(time.Millisecond))
+	t.Logf("c1 -> c2 meanwhile: 1 GiB in %v, sha256 ok", (<-flowing).Round(time.Millisecond))
 	mustPing(t, ctrs[1].NS, ctrs[2].Addr.Addr())
 }
