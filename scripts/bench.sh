@@ -32,6 +32,11 @@ echo "== datapath (a few minutes)"
 TWILL_BENCH_OUT=$PWD/bench/datapath.md go test -run '^$' -bench '^BenchmarkDatapath$' -benchtime 1x -timeout 30m ./datapath/overlay/ | tee bench/datapath.txt
 cat bench/datapath.md >> bench/results.md
 
+echo "== datapath on underlay veths that segment like a NIC (kernel VXLAN, fast TUN path, kernel datapath)"
+TWILL_BENCH_UNDERLAY=segmenting TWILL_BENCH_MODES=vxlan,offload,kernel,kernelnogro TWILL_BENCH_OUT=$PWD/bench/datapath-segmenting.md \
+  go test -run '^$' -bench '^BenchmarkDatapath$' -benchtime 1x -timeout 30m ./datapath/overlay/ | tee bench/datapath-segmenting.txt
+{ echo; cat bench/datapath-segmenting.md; } >> bench/results.md
+
 echo "== forwarder hot path (allocations per packet)"
 go test -run '^$' -bench '^BenchmarkForward' -benchmem -count 3 ./datapath/overlay/ | tee bench/hotpath.txt
 echo "== lease manager (1000 existing leases)"

@@ -33,10 +33,12 @@ import (
 // GOMAXPROCS=1 in each forwarder) picks the paths; TWILL_BENCH_OUT names a
 // file the table is also written to; TWILL_BENCH_PIN=0 runs the forwarders
 // and ping on CPU 0 (a diagnostic, see pinned). Mode "kernel" is the
-// kernel datapath (datapath/kernel) with the fast TUN path beside it.
+// kernel datapath (datapath/kernel) with the fast TUN path beside it,
+// "kernelnogro" the same without its GRO stage.
 // TWILL_BENCH_UNDERLAY=segmenting turns the underlay veths' TSO, GSO,
 // tunnel GSO and checksum offload off, so every datagram crosses alone and
-// checksummed as from a real NIC (default: the veths' offloads on, which
+// checksummed as from a real NIC; =nic turns GRO on besides, as a NIC's
+// driver hands frames to the stack (default: the veths' offloads on, which
 // hand 64 KB super-packets across whole).
 func BenchmarkDatapath(b *testing.B) {
 	requireKernel(b)
@@ -83,7 +85,7 @@ func BenchmarkDatapath(b *testing.B) {
 			}
 		}
 	}
-	table := benchTable(modes, res, rounds, secs, segmenting)
+	table := benchTable(modes, res, rounds, secs, rig)
 	fmt.Print(table)
 	if out := os.Getenv("TWILL_BENCH_OUT"); out != "" {
 		if err := os.WriteFile(out, []byte(table), 0o644); err != nil {
@@ -330,11 +332,14 @@ func median(v []float64) float64 {
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
-func benchTable(modes []string, res map[string]*benchResult, rounds, secs int, segmenting bool) string {
+func benchTable(modes []string, res map[string]*benchResult, rounds, secs int, rig string) string {
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "\ntwill datapath benchmark: 2 hosts, iperf3 TCP %ds container to container, medians of %d alternating rounds", secs, rounds)
-	if segmenting {
+	switch rig {
+	case "segmenting":
 		sb.WriteString(", underlay veths segmenting and checksumming (tso, gso, tunnel gso, tx off)")
+	case "nic":
+		sb.WriteString(", underlay veths segmenting and checksumming (tso, gso, tunnel gso, tx off) with GRO on, as a NIC")
 	}
 	if c := os.Getenv("TWILL_BENCH_PIN"); c != "" {
 		fmt.Fprintf(&sb, ", forwarders and ping pinned to CPU %s", c)
