@@ -14,21 +14,54 @@ import (
 // that opens the datapath with a reduced capability set.
 func TestMain(m *testing.M) {
 	if os.Getenv("TWK_HELPER") == "open" {
-		d, err := Open(Config{TUN: "twk-tun", Underlay: "twk-ul", LocalIP: netip.MustParseAddr("10.199.0.1"), Port: 8285, MTU: 1472})
-		if err != nil {
+		if err := helperOpen(); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}
-		d.Close()
 		os.Exit(0)
 	}
 	os.Exit(m.Run())
 }
 
+// helperOpen does what twilld does, twice: open with the GRO stage and the
+// links pinned in $TWK_BPFFS, attach, and release (the programs stay); then
+// open again, take the pinned links over, and close.
+func helperOpen() error {
+	cfg := Config{TUN: "twk-tun", Underlay: "twk-ul", LocalIP: netip.MustParseAddr("10.199.0.1"), Port: 8285, MTU: 1472, GRO: "twkg"}
+	dir, err := PinDir(os.Getenv("TWK_BPFFS"))
+	if err != nil {
+		return err
+	}
+	cfg.PinDir = dir
+	for _, last := range []bool{false, true} {
+		d, err := Open(cfg)
+		if err != nil {
+			return err
+		}
+		switch err := d.Attach(); {
+		case err != nil:
+			d.Close()
+			return err
+		case d.gro == nil:
+			d.Close()
+			return fmt.Errorf("no GRO stage (see the log above)")
+		case !d.Pinned():
+			d.Close()
+			return fmt.Errorf("links not pinned")
+		}
+		if last {
+			return d.Close()
+		}
+		d.Release()
+	}
+	return nil
+}
+
 // TestCapabilities proves which capabilities the kernel datapath needs (the
 // managed plugin's config.json asks for them): with the plugin's others
 // (CAP_NET_ADMIN, CAP_NET_RAW) but without CAP_BPF loading fails; with
-// CAP_BPF added it works, CAP_SYS_ADMIN not needed.
+// CAP_BPF added it works — the GRO veth pair, the links pinned in a bpf
+// filesystem and taken over by a second Open — CAP_SYS_ADMIN not needed.
 func TestCapabilities(t *testing.T) {
 	testbed.RequireRoot(t)
 	if _, err := exec.LookPath("setpriv"); err != nil {
@@ -38,10 +71,11 @@ func TestCapabilities(t *testing.T) {
 	if out, err := exec.Command("ip", "-n", name, "link", "add", "twk-tun", "type", "veth", "peer", "name", "twk-ul").CombinedOutput(); err != nil {
 		t.Fatalf("ip link add: %v %s", err, out)
 	}
+	root := bpffs(t)
 	open := func(caps string) (string, error) {
 		cmd := exec.Command("ip", "netns", "exec", name, "setpriv", "--bounding-set", "-all,"+caps,
 			"--inh-caps", "-all", os.Args[0], "-test.run=^$")
-		cmd.Env = append(os.Environ(), "TWK_HELPER=open")
+		cmd.Env = append(os.Environ(), "TWK_HELPER=open", "TWK_BPFFS="+root)
 		out, err := cmd.CombinedOutput()
 		return string(out), err
 	}
