@@ -139,9 +139,14 @@ func (tp *testTopo) benchRound(b *testing.B, mode string, secs int, r *benchResu
 			testbed.Must(b, "ip", "-n", hostNS(i+1), "route", "replace", fmt.Sprintf("10.96.%d.0/24", other),
 				"via", fmt.Sprintf("10.98.0.%d", other), "dev", "two-vx")
 		}
-	case "wireguard", "wireguard1p":
+	case "wireguard", "wireguard1p", "wireguardgc":
 		if mode == "wireguard1p" {
 			defer setenvFor("GOMAXPROCS", "1")()
+		}
+		if mode == "wireguardgc" {
+			// A diagnostic: how much of the encrypted path's cost is Go's
+			// garbage collector.
+			defer setenvFor("GOGC", "off")()
 		}
 		var keys []string
 		for range 2 {
@@ -362,6 +367,7 @@ func benchTable(modes []string, res map[string]*benchResult, rounds, secs int, r
 			"busy":        fmt.Sprintf("twill fast, busy poll %v", benchBusyPoll),
 			"wireguard":   "twill encrypted (wireguard)",
 			"wireguard1p": "twill encrypted GOMAXPROCS=1",
+			"wireguardgc": "twill encrypted GOGC=off",
 			"kernel":      "twill kernel path (eBPF)",
 			"kernelnogro": "twill kernel path, no GRO stage",
 		}[m]
