@@ -224,7 +224,7 @@ up_inner() {
 		# of that host runs in, so a restarted dockerd finds its sandboxes (P15)
 		# and its own bpf filesystem (ip netns exec remounted /sys): the kernel
 		# datapath pins its links there and a restarted plugin takes them over
-		setsid ip netns exec "twe-h$n" sh -c "set -e; $cg; mount -t bpf bpf /sys/fs/bpf; echo \$\$ >$STATE/h$n/holder.pid; exec sleep infinity" \
+		setsid ip netns exec "twe-h$n" sh -c "set -e; $cg; mount -t bpf bpf /sys/fs/bpf || echo 'no bpf filesystem: the kernel datapath will stop with twilld' >&2; echo \$\$ >$STATE/h$n/holder.pid; exec sleep infinity" \
 			>>"$STATE/h$n/holder.log" 2>&1 </dev/null 9>&- &
 	done
 	for n in $(seq 1 "$HOSTS"); do
