@@ -14,17 +14,16 @@ import (
 // puts the programs on their hooks once the maps hold the lease table.
 func (n *node) startKernelPath() error {
 	n.pins = n.pinDir()
-	pins := n.pins
 	switch n.cfg.Datapath {
 	case "tun":
 		n.pathWhy = "TWILL_DATAPATH=tun"
-		n.dropKernelPath(pins)
+		n.dropKernelPath()
 		return nil
 	case "auto":
 		if why := kernel.Unsuitable(n.under.Name); why != "" {
 			n.pathWhy = why
 			n.log.Warn("kernel datapath not used; forwarding through twill0 (TUN path)", "reason", why)
-			n.dropKernelPath(pins)
+			n.dropKernelPath()
 			return nil
 		}
 	case "kernel":
@@ -32,9 +31,9 @@ func (n *node) startKernelPath() error {
 			n.log.Warn("kernel datapath asked for (TWILL_DATAPATH=kernel) although it may not suit this host", "reason", why)
 		}
 	}
-	k, err := kernel.Open(kernel.Config{TUN: "twill0", Underlay: n.under.Name, LocalIP: n.under.Addr, Port: n.cfg.Port, MTU: n.mtu, PinDir: pins, GRO: groPair, Logger: n.log})
+	k, err := kernel.Open(kernel.Config{TUN: "twill0", Underlay: n.under.Name, LocalIP: n.under.Addr, Port: n.cfg.Port, MTU: n.mtu, PinDir: n.pins, GRO: groPair, Logger: n.log})
 	if err != nil {
-		return n.kernelPathFailed(err, pins)
+		return n.kernelPathFailed(err)
 	}
 	n.kdp = k
 	return nil
@@ -42,13 +41,13 @@ func (n *node) startKernelPath() error {
 
 // kernelPathFailed falls back to the TUN path, or fails when the kernel
 // path was asked for.
-func (n *node) kernelPathFailed(err error, pins string) error {
+func (n *node) kernelPathFailed(err error) error {
 	if n.cfg.Datapath == "kernel" {
 		return fmt.Errorf("%w (TWILL_DATAPATH=kernel needs Linux %s+ and CAP_BPF with CAP_NET_ADMIN, or CAP_SYS_ADMIN; TWILL_DATAPATH=auto falls back to the TUN path)", err, kernel.MinKernel)
 	}
 	n.pathWhy = err.Error()
 	n.log.Warn("kernel datapath unavailable; forwarding through twill0 (TUN path)", "reason", err)
-	n.dropKernelPath(pins)
+	n.dropKernelPath()
 	return nil
 }
 
@@ -76,7 +75,7 @@ func (n *node) attachKernelPath() error {
 	if err := n.kdp.Attach(); err != nil {
 		n.kdp.Close()
 		n.kdp = nil
-		return n.kernelPathFailed(err, n.pins)
+		return n.kernelPathFailed(err)
 	}
 	kept := n.kdp.Pinned()
 	if err := n.fwd.Persist(kept); err != nil {
@@ -107,8 +106,8 @@ const groPair = "twillgro"
 // dropKernelPath detaches programs a previous twilld left pinned and its
 // GRO pair, for a twilld that runs the TUN path alone, and lets twill0 go
 // with it.
-func (n *node) dropKernelPath(pins string) {
-	if err := kernel.Remove(pins, groPair); err != nil {
+func (n *node) dropKernelPath() {
+	if err := kernel.Remove(n.pins, groPair); err != nil {
 		n.log.Warn("removing the kernel datapath a previous twilld left attached", "err", err)
 	}
 	if err := n.fwd.Persist(false); err != nil {
@@ -137,7 +136,11 @@ func (n *node) datapath() string {
 	if n.kdp != nil {
 		kept := "kept attached across restarts"
 		if !n.kdp.Pinned() {
-			kept = "stops with twilld: " + n.pinWhy
+			why := n.pinWhy
+			if why == "" {
+				why = "pinning failed (see the log)"
+			}
+			kept = "stops with twilld: " + why
 		}
 		return "kernel (eBPF on twill0 and " + n.under.Name + "; the TUN path takes what the programs leave; " + kept + ")"
 	}

@@ -27,18 +27,14 @@ func groPair(prefix string) (tx, rx string) { return prefix + "0", prefix + "1" 
 // NAPI on), both up with mtu.
 func ensureGRO(prefix string, mtu int) (tx, rx *netlink.LinkAttrs, err error) {
 	txName, rxName := groPair(prefix)
-	l, err := netlink.LinkByName(txName)
-	if err == nil {
-		if v, ok := l.(*netlink.Veth); !ok || v.PeerName != "" && v.PeerName != rxName {
-			netlink.LinkDel(l)
-			l = nil
-		}
-	} else {
-		l = nil
-	}
-	if l == nil {
-		if other, err := netlink.LinkByName(rxName); err == nil {
-			netlink.LinkDel(other)
+	txLink, txErr := netlink.LinkByName(txName)
+	_, rxErr := netlink.LinkByName(rxName)
+	if txErr != nil || rxErr != nil || txLink.Type() != "veth" {
+		// Missing, half there or not a veth: made anew.
+		for _, name := range []string{txName, rxName} {
+			if l, err := netlink.LinkByName(name); err == nil {
+				netlink.LinkDel(l)
+			}
 		}
 		v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: txName, MTU: mtu}, PeerName: rxName}
 		if err := netlink.LinkAdd(v); err != nil {
