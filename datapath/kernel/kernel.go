@@ -8,7 +8,9 @@
 //
 // The peer table lives in BPF maps that the caller keeps in step with the
 // lease table (SetPeer, RemovePeer, AddOverlay, RemoveOverlay, as for the
-// overlay.Forwarder); counters come from per-CPU maps.
+// overlay.Forwarder); counters come from per-CPU maps. A third program
+// (twill_gro, gro.go) merges decapsulated segments before twill0; pinned
+// links (pin.go) keep all of them forwarding while twilld restarts.
 package kernel
 
 import (
