@@ -64,11 +64,7 @@ func (n *node) attachKernelPath() error {
 		own[l.Subnet] = true
 	}
 	for _, l := range n.leases.AllLeases() {
-		cfg, _ := n.leases.Config(l.Overlay)
-		if own[l.Subnet] || isEncrypted(cfg) {
-			continue
-		}
-		if peer, ok := n.udpPeer(l); ok {
+		if peer, ok := n.udpPeer(l); ok && !own[l.Subnet] {
 			n.inKernel("adding peer", func(k *kernel.Datapath) error { return k.SetPeer(l.Subnet, peer) })
 		}
 	}

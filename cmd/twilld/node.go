@@ -273,15 +273,16 @@ func (n *node) follow(ctx context.Context) {
 }
 
 // udpPeer is where the udp datapaths send packets for a peer lease's
-// subnet; false for a lease of another flannel backend, which they do not
-// carry.
+// subnet; false for a lease they do not carry: in an encrypted overlay, or
+// of another flannel backend.
 func (n *node) udpPeer(l subnet.Lease) (netip.AddrPort, bool) {
-	if l.Attrs.BackendType != "" && l.Attrs.BackendType != "udp" {
+	cfg, _ := n.leases.Config(l.Overlay)
+	if isEncrypted(cfg) || l.Attrs.BackendType != "" && l.Attrs.BackendType != "udp" {
 		return netip.AddrPort{}, false
 	}
 	port := int(n.cfg.Port)
-	if c, ok := n.leases.Config(l.Overlay); ok && c.Port != 0 {
-		port = c.Port
+	if cfg.Port != 0 {
+		port = cfg.Port
 	}
 	return netip.AddrPortFrom(l.Attrs.PublicIP, uint16(port)), true
 }

@@ -71,7 +71,7 @@ func TestCapabilities(t *testing.T) {
 	if out, err := exec.Command("ip", "-n", name, "link", "add", "twk-tun", "type", "veth", "peer", "name", "twk-ul").CombinedOutput(); err != nil {
 		t.Fatalf("ip link add: %v %s", err, out)
 	}
-	root := bpffs(t)
+	root := testbed.BPFFS(t, "twk")
 	open := func(caps string) (string, error) {
 		cmd := exec.Command("ip", "netns", "exec", name, "setpriv", "--bounding-set", "-all,"+caps,
 			"--inh-caps", "-all", os.Args[0], "-test.run=^$")

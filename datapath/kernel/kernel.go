@@ -66,15 +66,16 @@ const DefaultHold = 10 * time.Second
 // Datapath is the loaded programs with their maps and, after Attach, their
 // links. Close detaches them; the TUN path then forwards everything.
 type Datapath struct {
-	cfg   Config
-	log   *slog.Logger
-	objs  twillObjects
-	tun   *netlink.LinkAttrs // the devices the programs were made for
-	under *netlink.LinkAttrs
-	gro   *netlink.LinkAttrs // the GRO veth's merging end, or nil
-	links []attached
-	stop  chan struct{} // ends the heartbeat
-	done  chan struct{}
+	cfg    Config
+	log    *slog.Logger
+	objs   twillObjects
+	tun    *netlink.LinkAttrs // the devices the programs were made for
+	under  *netlink.LinkAttrs
+	gro    *netlink.LinkAttrs // the GRO veth's merging end, or nil
+	links  []link.Link        // after Attach, in hooks' order
+	pinned bool               // the links are pinned under PinDir: they outlive twilld
+	stop   chan struct{}      // ends the heartbeat
+	done   chan struct{}
 
 	mu       sync.Mutex // guards the desired state and serialises map updates
 	closed   bool
@@ -109,17 +110,16 @@ func Open(cfg Config) (_ *Datapath, err error) {
 	if err != nil {
 		return nil, err
 	}
-	var groTx, groRx *netlink.LinkAttrs
+	var groRx *netlink.LinkAttrs
+	var groIndex uint32 // 0: no GRO stage
 	if cfg.GRO != "" {
-		if groTx, groRx, err = ensureGRO(cfg.GRO, cfg.MTU); err != nil {
+		groTx, rx, err := ensureGRO(cfg.GRO, cfg.MTU)
+		if err != nil {
 			cfg.Logger.Warn("kernel datapath: no GRO stage; decapsulated segments go to twill0 one by one", "err", err)
 			removeGRO(cfg.GRO)
-			groTx, groRx = nil, nil
+		} else {
+			groRx, groIndex = rx, uint32(groTx.Index)
 		}
-	}
-	var groIndex uint32
-	if groTx != nil {
-		groIndex = uint32(groTx.Index)
 	}
 	ip := cfg.LocalIP.As4()
 	var port [2]byte
@@ -172,13 +172,6 @@ func (d *Datapath) hooks() []hook {
 	return hs
 }
 
-// attached is a link of ours, and whether it is pinned (it then outlives
-// twilld).
-type attached struct {
-	link.Link
-	pinned bool
-}
-
 type hook struct {
 	pin  string
 	prog *ebpf.Program
@@ -189,7 +182,7 @@ type hook struct {
 // Attach puts the programs on their hooks (TCX: the underlay's ingress,
 // twill0's egress). With PinDir, links a previous twilld left there are
 // updated to these programs in place (the kernel swaps them between two
-// packets), and new ones are pinned.
+// packets), and all are pinned.
 func (d *Datapath) Attach() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -199,17 +192,9 @@ func (d *Datapath) Attach() error {
 	if d.links != nil {
 		return nil
 	}
-	if d.cfg.PinDir != "" {
-		if err := os.MkdirAll(d.cfg.PinDir, 0o700); err != nil {
-			return fmt.Errorf("kernel datapath: %w", err)
-		}
-	}
-	if d.gro == nil && d.cfg.PinDir != "" {
-		// A GRO stage an earlier twilld had: its pair is gone or going.
-		unpin(filepath.Join(d.cfg.PinDir, "gro"))
-	}
-	var links []attached
-	for _, h := range d.hooks() {
+	hooks := d.hooks()
+	var links []link.Link
+	for _, h := range hooks {
 		l, err := d.attach(h)
 		if err != nil {
 			for _, l := range links {
@@ -220,31 +205,24 @@ func (d *Datapath) Attach() error {
 		links = append(links, l)
 	}
 	d.links = links
+	if d.cfg.PinDir != "" {
+		d.pinned = d.pin(hooks)
+	}
 	return nil
 }
 
 // attach takes over h's pinned link or makes a new one.
-func (d *Datapath) attach(h hook) (attached, error) {
-	var path string
+func (d *Datapath) attach(h hook) (link.Link, error) {
 	if d.cfg.PinDir != "" {
-		path = filepath.Join(d.cfg.PinDir, h.pin)
-		if l := d.adopt(path, h); l != nil {
-			return attached{l, true}, nil
+		if l := d.adopt(filepath.Join(d.cfg.PinDir, h.pin), h); l != nil {
+			return l, nil
 		}
 	}
 	l, err := link.AttachTCX(link.TCXOptions{Interface: h.dev.Index, Program: h.prog, Attach: h.at})
 	if err != nil {
-		return attached{}, fmt.Errorf("kernel datapath: attaching to %s (TCX, Linux %s+): %w", h.dev.Name, MinKernel, err)
+		return nil, fmt.Errorf("kernel datapath: attaching to %s (TCX, Linux %s+): %w", h.dev.Name, MinKernel, err)
 	}
-	a := attached{Link: l}
-	if path != "" {
-		if err := l.Pin(path); err != nil {
-			d.log.Warn("kernel datapath: pinning a link failed; the programs will stop with twilld", "path", path, "err", err)
-		} else {
-			a.pinned = true
-		}
-	}
-	return a, nil
+	return l, nil
 }
 
 // adopt updates the link pinned at path to h's program when it is on h's
@@ -273,16 +251,36 @@ func (d *Datapath) adopt(path string, h hook) link.Link {
 	return nil
 }
 
+// pin pins every link under PinDir (adopted ones are there already) and
+// detaches what else a previous twilld pinned there (a GRO stage this one
+// could not make), or pins none: programs left behind on some hooks only
+// would forward one way. d.mu held.
+func (d *Datapath) pin(hooks []hook) bool {
+	keep := map[string]bool{}
+	for i, l := range d.links {
+		path := filepath.Join(d.cfg.PinDir, hooks[i].pin)
+		err := os.MkdirAll(d.cfg.PinDir, 0o700)
+		if err == nil {
+			err = l.Pin(path)
+		}
+		if err != nil {
+			d.log.Warn("kernel datapath: pinning a link failed; the programs will stop with twilld", "path", path, "err", err)
+			for _, l := range d.links {
+				l.Unpin()
+			}
+			return false
+		}
+		keep[hooks[i].pin] = true
+	}
+	unpinAll(d.cfg.PinDir, keep)
+	return true
+}
+
 // Pinned tells whether the programs stay attached after Release.
 func (d *Datapath) Pinned() bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	for _, l := range d.links {
-		if !l.pinned {
-			return false
-		}
-	}
-	return len(d.links) > 0
+	return d.pinned
 }
 
 // Close detaches the programs, removes their pins and frees the maps. Safe
@@ -305,7 +303,7 @@ func (d *Datapath) close(keep bool) error {
 	<-d.done
 	var errs []error
 	for _, l := range d.links {
-		if !keep && l.pinned {
+		if !keep {
 			errs = append(errs, l.Unpin())
 		}
 		errs = append(errs, l.Close())
@@ -316,7 +314,7 @@ func (d *Datapath) close(keep bool) error {
 	if !keep && d.cfg.GRO != "" {
 		errs = append(errs, removeGRO(d.cfg.GRO))
 	}
-	d.links = nil
+	d.links, d.pinned = nil, false
 	errs = append(errs, d.objs.Close())
 	return errors.Join(errs...)
 }

@@ -40,26 +40,33 @@ func PinDir(root string) (string, error) {
 // TUN path until their hold ran out.
 func Remove(dir, gro string) error {
 	errs := []error{removeGRO(gro)}
-	if dir == "" {
-		return errors.Join(errs...)
+	if dir != "" {
+		errs = append(errs, unpinAll(dir, nil))
+		os.Remove(dir)
 	}
-	for _, name := range []string{"encap", "decap", "gro"} {
-		errs = append(errs, unpin(filepath.Join(dir, name)))
-	}
-	os.Remove(dir)
 	return errors.Join(errs...)
 }
 
-// unpin detaches the link pinned at path, if any.
-func unpin(path string) error {
-	l, err := link.LoadPinnedLink(path, nil)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
+// unpinAll detaches every link pinned in dir but those named in keep.
+func unpinAll(dir string, keep map[string]bool) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("kernel datapath: %w", err)
 	}
-	if err != nil {
-		return fmt.Errorf("kernel datapath: pinned link %s: %w", path, err)
+	var errs []error
+	for _, e := range entries {
+		if keep[e.Name()] {
+			continue
+		}
+		path := filepath.Join(dir, e.Name())
+		l, err := link.LoadPinnedLink(path, nil)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("kernel datapath: pinned link %s: %w", path, err))
+			continue
+		}
+		errs = append(errs, l.Unpin(), l.Close())
 	}
-	return errors.Join(l.Unpin(), l.Close())
+	return errors.Join(errs...)
 }
 
 // heartbeat vouches for the maps every second until Close or Release.
@@ -80,7 +87,8 @@ func (d *Datapath) heartbeat() {
 }
 
 // vouch tells the programs to go on forwarding for Hold from now
-// (CLOCK_MONOTONIC, bpf_ktime_get_ns's clock).
+// (CLOCK_MONOTONIC; the programs read its coarse variant, at most a tick
+// behind).
 func (d *Datapath) vouch() error {
 	var ts unix.Timespec
 	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {

@@ -5,44 +5,14 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"runtime"
 	"testing"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
-	"golang.org/x/sys/unix"
 
 	"github.com/twill-net/twill/internal/testbed"
 )
-
-// inNetns runs f on a thread in ns (the thread ends with it).
-func inNetns(t *testing.T, ns netns.NsHandle, f func()) {
-	t.Helper()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
-		if err := netns.Set(ns); err != nil {
-			t.Error(err)
-			return
-		}
-		f()
-	}()
-	<-done
-}
-
-// bpffs mounts a bpf filesystem of the test's own, unmounted at the end.
-func bpffs(t *testing.T) string {
-	t.Helper()
-	dir := t.TempDir()
-	if err := unix.Mount("twk-bpf", dir, "bpf", 0, ""); err != nil {
-		t.Skipf("mounting a bpf filesystem: %v", err)
-	}
-	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
-	return dir
-}
 
 // TestTakeOver: programs pinned by one Datapath stay attached when it is
 // released (twilld exits or dies) and keep forwarding; the next Datapath
@@ -51,7 +21,7 @@ func bpffs(t *testing.T) string {
 // will not use the kernel path finds.
 func TestTakeOver(t *testing.T) {
 	testbed.RequireRoot(t)
-	root := bpffs(t)
+	root := testbed.BPFFS(t, "twk")
 	name, ns := testbed.Netns(t, "twk")
 	if out, err := exec.Command("ip", "-n", name, "link", "add", "twk-tun", "type", "veth", "peer", "name", "twk-ul").CombinedOutput(); err != nil {
 		t.Fatalf("ip link add: %v %s", err, out)

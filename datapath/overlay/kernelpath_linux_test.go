@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/twill-net/twill/datapath/kernel"
 	"github.com/twill-net/twill/internal/testbed"
 )
@@ -156,11 +154,7 @@ func TestKernelPathFallthrough(t *testing.T) {
 // forwarder takes them over and traffic flows again.
 func TestKernelPathKill(t *testing.T) {
 	requireKernel(t)
-	root := t.TempDir()
-	if err := unix.Mount("two-bpf", root, "bpf", 0, ""); err != nil {
-		t.Skipf("mounting a bpf filesystem: %v", err)
-	}
-	t.Cleanup(func() { unix.Unmount(root, unix.MNT_DETACH) })
+	root := testbed.BPFFS(t, "two")
 	tp := newTopo(t, 2)
 	tp.kern, tp.bpffs, tp.hold = true, root, 3*time.Second
 	f1 := tp.startForwarder(1, OffloadAuto, 2)

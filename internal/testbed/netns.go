@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // RequireNetAdmin skips t unless the process holds CAP_NET_ADMIN and the ip
@@ -55,4 +56,18 @@ func Netns(t testing.TB, prefix string) (string, netns.NsHandle) {
 	}
 	t.Cleanup(func() { ns.Close() })
 	return name, ns
+}
+
+// BPFFS mounts a bpf filesystem of the test's own in a temporary directory
+// (named prefix, for whoever lists the mounts meanwhile), unmounted at the
+// end, and returns where; it skips t when the kernel refuses. Programs a
+// test pins there never reach the machine's /sys/fs/bpf.
+func BPFFS(t testing.TB, prefix string) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := unix.Mount(prefix+"-bpf", dir, "bpf", 0, ""); err != nil {
+		t.Skipf("mounting a bpf filesystem: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
+	return dir
 }
