@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twill-net/twill/internal/csum"
 	"go.uber.org/goleak"
 )
 
@@ -349,7 +350,7 @@ func TestOffloadPathMovesSuperPackets(t *testing.T) {
 	if ipv4TotalLen(pkt) != len(pkt) || !ipv4ChecksumOK(pkt[:20]) {
 		t.Fatal("bad ip header on the merged packet")
 	}
-	if binary.BigEndian.Uint16(pkt[36:38]) != csumFold(pseudoSum(pkt, protoTCP, len(pkt)-20)) {
+	if binary.BigEndian.Uint16(pkt[36:38]) != csum.Fold(csum.Pseudo(pkt, protoTCP, len(pkt)-20)) {
 		t.Fatal("tcp checksum field is not the folded pseudo-header sum")
 	}
 	if pkt[33] != tcpFlagACK|tcpFlagPSH || binary.BigEndian.Uint32(pkt[24:28]) != 5000 {
@@ -364,7 +365,7 @@ func TestOffloadPathMovesSuperPackets(t *testing.T) {
 	}
 	// A small packet carrying a partial checksum is completed before sending.
 	ack := mkTCP("10.96.1.5", "10.96.2.7", 9, 9, tcpFlagACK, nil)
-	binary.BigEndian.PutUint16(ack[36:38], csumFold(pseudoSum(ack, protoTCP, len(ack)-20)))
+	binary.BigEndian.PutUint16(ack[36:38], csum.Fold(csum.Pseudo(ack, protoTCP, len(ack)-20)))
 	in := make([]byte, vnetHdrLen+len(ack))
 	vnetHdr{flags: vnetFlagNeedCsum, csumStart: 20, csumOffset: 16}.put(in)
 	copy(in[vnetHdrLen:], ack)
@@ -500,8 +501,8 @@ func expectUnreachable(t *testing.T, tun *FakeTUN, vnet bool, offender []byte) {
 	if u32Addr(ipv4Src(b)) != from || ipv4Dst(b) != ipv4Src(offender) || b[9] != protoICMP {
 		t.Fatalf("reply %s -> %s proto %d, want ICMP %s -> %s", u32Addr(ipv4Src(b)), u32Addr(ipv4Dst(b)), b[9], from, u32Addr(ipv4Src(offender)))
 	}
-	if b[20] != icmpDestUnreach || b[21] != icmpNetUnreach || csumFold(csumAdd(b[20:], 0)) != 0xffff {
-		t.Fatalf("ICMP type %d code %d checksum ok %v, want 3/0", b[20], b[21], csumFold(csumAdd(b[20:], 0)) == 0xffff)
+	if b[20] != icmpDestUnreach || b[21] != icmpNetUnreach || csum.Fold(csum.Add(b[20:], 0)) != 0xffff {
+		t.Fatalf("ICMP type %d code %d checksum ok %v, want 3/0", b[20], b[21], csum.Fold(csum.Add(b[20:], 0)) == 0xffff)
 	}
 	want := offender[:min(len(offender), 20+icmpQuote)]
 	if !bytes.Equal(b[28:], want) {
@@ -545,7 +546,7 @@ func TestUnreachableAnswers(t *testing.T) {
 			noAnswer("an ICMP error", mkIPv4("10.96.1.5", "10.96.9.7", protoICMP, []byte{3, 1, 0, 0, 0, 0, 0, 0}))
 			frag := mkUDP("10.96.1.5", "10.96.9.7", []byte("x"))
 			frag[6], frag[7] = 0, 10 // fragment offset 80
-			setIPv4Checksum(frag[:20])
+			csum.SetIPv4(frag[:20])
 			noAnswer("a later fragment", frag)
 			noAnswer("a packet to no overlay", mkUDP("10.96.1.5", "10.200.0.1", nil))
 			noAnswer("a packet to a multicast group", mkUDP("10.96.1.5", "239.1.2.3", nil))

@@ -3,6 +3,8 @@ package overlay
 import (
 	"bytes"
 	"encoding/binary"
+
+	"github.com/twill-net/twill/internal/csum"
 )
 
 // maxRunSegments bounds one coalesced TUN write (iovecs per writev).
@@ -123,14 +125,14 @@ func (c *coalescer) flush() {
 		ip := h[vnetHdrLen:]
 		copy(ip, c.first[:c.hl])
 		binary.BigEndian.PutUint16(ip[2:4], uint16(c.hl+c.total))
-		setIPv4Checksum(ip[:c.ihl])
+		csum.SetIPv4(ip[:c.ihl])
 		t := ip[c.ihl:]
 		if c.psh {
 			t[13] |= tcpFlagPSH
 		}
 		// With NEEDS_CSUM the kernel expects the folded, not inverted,
 		// pseudo-header sum in the checksum field.
-		binary.BigEndian.PutUint16(t[16:18], csumFold(pseudoSum(ip, protoTCP, c.hl-c.ihl+c.total)))
+		binary.BigEndian.PutUint16(t[16:18], csum.Fold(csum.Pseudo(ip, protoTCP, c.hl-c.ihl+c.total)))
 		c.bufs[0] = h
 		c.write(c.bufs[:1+c.n])
 	}

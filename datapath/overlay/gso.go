@@ -1,6 +1,10 @@
 package overlay
 
-import "encoding/binary"
+import (
+	"encoding/binary"
+
+	"github.com/twill-net/twill/internal/csum"
+)
 
 // virtio_net_hdr, which precedes every packet on a TUN opened with
 // IFF_VNET_HDR (include/uapi/linux/virtio_net.h; native byte order, which
@@ -56,7 +60,7 @@ func completeChecksum(pkt []byte, start, off int) reason {
 	if start < ipv4MinHeader || start+off+2 > len(pkt) {
 		return reasonMalformed
 	}
-	c := ^csumFold(csumAdd(pkt[start:], 0))
+	c := ^csum.Fold(csum.Add(pkt[start:], 0))
 	if c == 0 {
 		c = 0xffff // a zero UDP checksum means "none"; for TCP both are the same
 	}
@@ -114,7 +118,7 @@ func segmentTCPv4(pkt []byte, mss int, hdrs []byte, bufs [][]byte) (n, segLen in
 		}
 		binary.BigEndian.PutUint16(h[2:4], uint16(hl+len(p)))
 		binary.BigEndian.PutUint16(h[4:6], id0+uint16(i))
-		setIPv4Checksum(h[:ihl])
+		csum.SetIPv4(h[:ihl])
 		t := h[ihl:]
 		binary.BigEndian.PutUint32(t[4:8], seq0+uint32(i*mss))
 		f := flags
@@ -126,10 +130,10 @@ func segmentTCPv4(pkt []byte, mss int, hdrs []byte, bufs [][]byte) (n, segLen in
 		}
 		t[13] = f
 		t[16], t[17] = 0, 0
-		s := pseudoSum(h, protoTCP, thl+len(p))
-		s = csumAdd(t, s)
-		s = csumAdd(p, s)
-		binary.BigEndian.PutUint16(t[16:18], ^csumFold(s))
+		s := csum.Pseudo(h, protoTCP, thl+len(p))
+		s = csum.Add(t, s)
+		s = csum.Add(p, s)
+		binary.BigEndian.PutUint16(t[16:18], ^csum.Fold(s))
 		bufs[2*i] = h
 		bufs[2*i+1] = p
 	}

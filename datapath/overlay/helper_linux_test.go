@@ -202,7 +202,7 @@ func helperWireGuard(c helperFwdConfig, log *slog.Logger) error {
 		return err
 	}
 	d, err := wireguard.Open(wireguard.Config{Overlay: netip.MustParsePrefix(c.Overlay), Local: netip.MustParsePrefix(c.Local),
-		PrivateKey: key, Logger: log}, c.MTU)
+		PrivateKey: key, Logger: log, CopyingIO: os.Getenv("TWO_WG_COPYING") != ""}, c.MTU)
 	if err != nil {
 		return err
 	}

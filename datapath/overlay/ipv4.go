@@ -2,7 +2,8 @@ package overlay
 
 import (
 	"encoding/binary"
-	"math/bits"
+
+	"github.com/twill-net/twill/internal/csum"
 )
 
 // IPv4 and TCP field offsets and limits used by the parser, the drop rules,
@@ -61,70 +62,8 @@ func ipv4Header(pkt []byte, exact bool) (ihl int, r reason) {
 func ipv4Src(pkt []byte) uint32 { return binary.BigEndian.Uint32(pkt[12:16]) }
 func ipv4Dst(pkt []byte) uint32 { return binary.BigEndian.Uint32(pkt[16:20]) }
 
-// csumAdd adds b to the running one's complement sum s (big-endian 16-bit
-// words; an odd trailing byte is padded with zero). Fold with csumFold.
-//
-// The one's complement sum does not depend on byte order (RFC 1071 §2(B)):
-// summing native little-endian words and swapping the folded result saves
-// a byte swap per load, about 30% of the time on the 64 KB payloads the
-// fast path checksums.
-func csumAdd(b []byte, s uint64) uint64 {
-	var a, c uint64
-	for len(b) >= 64 {
-		a, c = bits.Add64(a, binary.LittleEndian.Uint64(b[0:8]), c)
-		a, c = bits.Add64(a, binary.LittleEndian.Uint64(b[8:16]), c)
-		a, c = bits.Add64(a, binary.LittleEndian.Uint64(b[16:24]), c)
-		a, c = bits.Add64(a, binary.LittleEndian.Uint64(b[24:32]), c)
-		a, c = bits.Add64(a, binary.LittleEndian.Uint64(b[32:40]), c)
-		a, c = bits.Add64(a, binary.LittleEndian.Uint64(b[40:48]), c)
-		a, c = bits.Add64(a, binary.LittleEndian.Uint64(b[48:56]), c)
-		a, c = bits.Add64(a, binary.LittleEndian.Uint64(b[56:64]), c)
-		b = b[64:]
-	}
-	for len(b) >= 8 {
-		a, c = bits.Add64(a, binary.LittleEndian.Uint64(b[0:8]), c)
-		b = b[8:]
-	}
-	if len(b) >= 4 {
-		a, c = bits.Add64(a, uint64(binary.LittleEndian.Uint32(b[0:4])), c)
-		b = b[4:]
-	}
-	if len(b) >= 2 {
-		a, c = bits.Add64(a, uint64(binary.LittleEndian.Uint16(b[0:2])), c)
-		b = b[2:]
-	}
-	if len(b) == 1 {
-		a, c = bits.Add64(a, uint64(b[0]), c) // the low byte of a little-endian word
-	}
-	a, c = bits.Add64(a, c, 0)
-	return s + uint64(bits.ReverseBytes16(csumFold(a+c)))
-}
-
-// csumFold folds a running sum to 16 bits (not inverted).
-func csumFold(s uint64) uint16 {
-	s = (s >> 32) + (s & 0xffffffff)
-	s = (s >> 32) + (s & 0xffffffff)
-	s = (s >> 16) + (s & 0xffff)
-	s = (s >> 16) + (s & 0xffff)
-	s = (s >> 16) + (s & 0xffff)
-	return uint16(s)
-}
-
-// pseudoSum is the running sum of the IPv4 pseudo-header for proto and the
-// transport length l.
-func pseudoSum(pkt []byte, proto uint8, l int) uint64 {
-	s := uint64(binary.BigEndian.Uint32(pkt[12:16])) + uint64(binary.BigEndian.Uint32(pkt[16:20]))
-	return s + uint64(proto) + uint64(l)
-}
-
-// setIPv4Checksum recomputes the header checksum of the IPv4 header hdr.
-func setIPv4Checksum(hdr []byte) {
-	hdr[10], hdr[11] = 0, 0
-	binary.BigEndian.PutUint16(hdr[10:12], ^csumFold(csumAdd(hdr, 0)))
-}
-
 // ipv4ChecksumOK reports whether the IPv4 header hdr carries a valid checksum.
-func ipv4ChecksumOK(hdr []byte) bool { return csumFold(csumAdd(hdr, 0)) == 0xffff }
+func ipv4ChecksumOK(hdr []byte) bool { return csum.Fold(csum.Add(hdr, 0)) == 0xffff }
 
 // ipv4TotalLen is the total length field of an IPv4 packet.
 func ipv4TotalLen(pkt []byte) int { return int(binary.BigEndian.Uint16(pkt[2:4])) }

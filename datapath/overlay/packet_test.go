@@ -1,11 +1,11 @@
 package overlay
 
 import (
-	"bytes"
 	"encoding/binary"
-	"math/rand/v2"
 	"net/netip"
 	"testing"
+
+	"github.com/twill-net/twill/internal/csum"
 )
 
 // Packet builders for tests. Every packet they make carries valid checksums.
@@ -27,7 +27,7 @@ func mkIPv4(src, dst string, proto uint8, l4 []byte) []byte {
 	copy(p[12:16], s[:])
 	copy(p[16:20], d[:])
 	copy(p[20:], l4)
-	setIPv4Checksum(p[:20])
+	csum.SetIPv4(p[:20])
 	return p
 }
 
@@ -39,7 +39,7 @@ func mkUDP(src, dst string, payload []byte) []byte {
 	binary.BigEndian.PutUint16(u[4:6], uint16(len(u)))
 	copy(u[8:], payload)
 	p := mkIPv4(src, dst, protoUDP, u)
-	c := ^csumFold(csumAdd(p[20:], pseudoSum(p, protoUDP, len(u))))
+	c := ^csum.Fold(csum.Add(p[20:], csum.Pseudo(p, protoUDP, len(u))))
 	binary.BigEndian.PutUint16(p[26:28], c)
 	return p
 }
@@ -64,7 +64,7 @@ func mkTCP(src, dst string, seq, ack uint32, flags uint8, payload []byte) []byte
 func fixTCPChecksum(p []byte) {
 	ihl := int(p[0]&0xf) * 4
 	p[ihl+16], p[ihl+17] = 0, 0
-	c := ^csumFold(csumAdd(p[ihl:], pseudoSum(p, protoTCP, len(p)-ihl)))
+	c := ^csum.Fold(csum.Add(p[ihl:], csum.Pseudo(p, protoTCP, len(p)-ihl)))
 	binary.BigEndian.PutUint16(p[ihl+16:], c)
 }
 
@@ -79,7 +79,7 @@ func checkTCP(t testing.TB, p []byte) {
 		t.Fatalf("bad ipv4 checksum")
 	}
 	ihl := int(p[0]&0xf) * 4
-	if csumFold(csumAdd(p[ihl:], pseudoSum(p, protoTCP, len(p)-ihl))) != 0xffff {
+	if csum.Fold(csum.Add(p[ihl:], csum.Pseudo(p, protoTCP, len(p)-ihl))) != 0xffff {
 		t.Fatalf("bad tcp checksum")
 	}
 }
@@ -99,7 +99,7 @@ func payloadBytes(n int, seed byte) []byte {
 // pseudo-header sum (as the kernel hands it over).
 func mkTSO(src, dst string, seq uint32, flags uint8, mss int, payload []byte) []byte {
 	p := mkTCP(src, dst, seq, 777, flags, payload)
-	binary.BigEndian.PutUint16(p[20+16:], csumFold(pseudoSum(p, protoTCP, len(p)-20)))
+	binary.BigEndian.PutUint16(p[20+16:], csum.Fold(csum.Pseudo(p, protoTCP, len(p)-20)))
 	b := make([]byte, vnetHdrLen+len(p))
 	vnetHdr{flags: vnetFlagNeedCsum, gsoType: vnetGSOTCPv4, hdrLen: 52, gsoSize: uint16(mss), csumStart: 20, csumOffset: 16}.put(b)
 	copy(b[vnetHdrLen:], p)
@@ -128,56 +128,4 @@ func TestIPv4HeaderReasons(t *testing.T) {
 			t.Errorf("%s: reason %q, want %q", c.name, r, c.want)
 		}
 	}
-}
-
-// csumReference is RFC 1071's sum, one big-endian 16-bit word at a time.
-func csumReference(b []byte, s uint64) uint16 {
-	for ; len(b) >= 2; b = b[2:] {
-		s += uint64(b[0])<<8 | uint64(b[1])
-	}
-	if len(b) == 1 {
-		s += uint64(b[0]) << 8
-	}
-	for s > 0xffff {
-		s = s>>16 + s&0xffff
-	}
-	return uint16(s)
-}
-
-func TestChecksumMatchesReference(t *testing.T) {
-	r := rand.New(rand.NewPCG(1, 2))
-	buf := make([]byte, 70000)
-	for i := range buf {
-		buf[i] = byte(r.Uint32())
-	}
-	for i := range 5000 {
-		n := r.IntN(200)
-		if i%10 == 0 {
-			n = r.IntN(len(buf))
-		}
-		off := r.IntN(len(buf) - n + 1) // odd offsets too: payloads need not be aligned
-		b := buf[off : off+n]
-		s := uint64(r.IntN(1 << 20))
-		if got, want := csumFold(csumAdd(b, s)), csumReference(b, s); got != want {
-			t.Fatalf("len %d off %d start %#x: csumAdd %#04x, reference %#04x", n, off, s, got, want)
-		}
-	}
-	// All ones: the carries of every add matter.
-	ones := bytes.Repeat([]byte{0xff}, 65535)
-	if got, want := csumFold(csumAdd(ones, 0xffff_ffff)), csumReference(ones, 0xffff_ffff); got != want {
-		t.Fatalf("all ones: %#04x, reference %#04x", got, want)
-	}
-}
-
-func BenchmarkChecksum64K(b *testing.B) {
-	buf := make([]byte, 65536)
-	for i := range buf {
-		buf[i] = byte(i * 7)
-	}
-	b.SetBytes(int64(len(buf)))
-	var s uint64
-	for b.Loop() {
-		s += csumAdd(buf, 0)
-	}
-	_ = s
 }

@@ -3,6 +3,8 @@ package overlay
 import (
 	"encoding/binary"
 	"time"
+
+	"github.com/twill-net/twill/internal/csum"
 )
 
 // ICMP "destination net unreachable" for packets to a subnet no host holds.
@@ -62,10 +64,10 @@ func (o *outbound) unreachable(t *table, pkt []byte, ihl int) {
 	b[8], b[9] = 64, protoICMP
 	binary.BigEndian.PutUint32(b[12:16], from)
 	binary.BigEndian.PutUint32(b[16:20], src)
-	setIPv4Checksum(b[:20])
+	csum.SetIPv4(b[:20])
 	b[20], b[21] = icmpDestUnreach, icmpNetUnreach
 	copy(b[28:], quoted)
-	binary.BigEndian.PutUint16(b[22:24], ^csumFold(csumAdd(b[20:n], 0)))
+	binary.BigEndian.PutUint16(b[22:24], ^csum.Fold(csum.Add(b[20:n], 0)))
 	if err := o.f.writeTUN(o.reply.of(b)); err != nil {
 		o.f.ctr.drop(reasonTUNWriteError, 1)
 		return

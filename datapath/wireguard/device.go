@@ -33,6 +33,9 @@ type Config struct {
 	PrivateKey Key
 	Backend    Backend
 	Logger     *slog.Logger // nil discards
+	// CopyingIO runs wireguard-go's own TUN and UDP bind, which copy every
+	// packet once more each way: the benchmark's baseline for Open's.
+	CopyingIO bool
 }
 
 // Peer is one other host of the overlay, from its lease.

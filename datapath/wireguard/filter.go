@@ -2,6 +2,7 @@ package wireguard
 
 import (
 	"net/netip"
+	"sync"
 	"sync/atomic"
 
 	"golang.zx2c4.com/wireguard/tun"
@@ -12,6 +13,7 @@ const (
 	DropCrossOverlay     = "cross_overlay"     // a packet into the tunnel from outside this host's subnet of the overlay
 	DropWrongDestination = "wrong_destination" // a decrypted packet for an address outside this host's subnet
 	DropNotIPv4          = "not_ipv4"
+	DropMalformed        = "malformed" // a packet from the kernel that is no IPv4/TCP super-packet it should send
 )
 
 // filter is the TUN as the WireGuard device sees it. It keeps an encrypted
@@ -25,7 +27,9 @@ type filter struct {
 	overlay, local netip.Prefix
 
 	crossOverlay, wrongDest, notIPv4 atomic.Uint64
-	scratch                          [][]byte // Write's kept packets; Write has one caller at a time
+
+	wmu     sync.Mutex // every peer's receiver writes
+	scratch [][]byte   // Write's kept packets
 }
 
 // Read drops packets by zeroing their size, which the device skips.
@@ -49,6 +53,8 @@ func (f *filter) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 
 // Write passes on the packets for this host's subnet.
 func (f *filter) Write(bufs [][]byte, offset int) (int, error) {
+	f.wmu.Lock()
+	defer f.wmu.Unlock()
 	keep := f.scratch[:0]
 	for _, b := range bufs {
 		_, dst, ok := addrs(b[offset:])
@@ -72,11 +78,15 @@ func (f *filter) Write(bufs [][]byte, offset int) (int, error) {
 }
 
 func (f *filter) drops() map[string]uint64 {
-	return map[string]uint64{
+	d := map[string]uint64{
 		DropCrossOverlay:     f.crossOverlay.Load(),
 		DropWrongDestination: f.wrongDest.Load(),
 		DropNotIPv4:          f.notIPv4.Load(),
 	}
+	if t, ok := f.Device.(*tunnel); ok {
+		d[DropMalformed] = t.drops()
+	}
+	return d
 }
 
 // addrs returns an IPv4 packet's source and destination.

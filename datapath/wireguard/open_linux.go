@@ -24,14 +24,28 @@ func TunnelName(overlay netip.Prefix) string {
 	return fmt.Sprintf("%s%02x%02x%02x%02x", TunnelPrefix, a[0], a[1], a[2], a[3])
 }
 
-// Open creates the overlay's TUN device (TunnelName) with mtu, with the
-// TSO/GRO offloads wireguard-go's tun package negotiates itself, listens on
+// Open creates the overlay's TUN device (TunnelName) with mtu and the
+// kernel's TSO and checksum offloads (tunnel; wireguard-go's own TUN where
+// the kernel refuses them), listens on
 // cfg.Backend.ListenPort on every address, and routes the overlay into the
 // device with this host's first address of cfg.Local on it, as flanneld
 // sets up flannel-wg.
 func Open(cfg Config, mtu int) (*Device, error) {
 	name := TunnelName(cfg.Overlay)
-	t, err := tun.CreateTUN(name, mtu)
+	var (
+		t   tun.Device
+		tt  *tunnel
+		err = errOffloadRefused
+	)
+	if !cfg.CopyingIO {
+		tt, err = openTunnel(name, mtu)
+	}
+	switch {
+	case err == nil:
+		t = tt
+	case errors.Is(err, errOffloadRefused):
+		t, err = tun.CreateTUN(name, mtu) // wireguard-go's own: it copies, but copes
+	}
 	if err != nil {
 		return nil, fmt.Errorf("creating tun %s for encrypted overlay %s: %w", name, cfg.Overlay, err)
 	}
@@ -48,7 +62,11 @@ func Open(cfg Config, mtu int) (*Device, error) {
 		t.Close()
 		return nil, fmt.Errorf("tun %s: %w", name, err)
 	}
-	return New(cfg, t, conn.NewStdNetBind())
+	var bind conn.Bind = newUDPBind()
+	if cfg.CopyingIO {
+		bind = conn.NewStdNetBind()
+	}
+	return New(cfg, t, bind)
 }
 
 func waitUp(t tun.Device, d time.Duration) error {

@@ -1,0 +1,577 @@
+package wireguard
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"unsafe"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/tun"
+
+	"github.com/twill-net/twill/internal/csum"
+)
+
+// The virtio_net_hdr that precedes every packet on a TUN opened with
+// IFF_VNET_HDR (include/uapi/linux/virtio_net.h, little endian), and the
+// TUNSETOFFLOAD flags (include/uapi/linux/if_tun.h).
+const (
+	vnetHdrLen    = 10
+	vnetNeedsCsum = 1
+	vnetGSONone   = 0
+	vnetGSOTCPv4  = 1
+	vnetGSOECN    = 0x80
+
+	tunFCsum = 0x01
+	tunFTSO4 = 0x02
+)
+
+const (
+	maxPacket  = 65535
+	ipv4Header = 20
+	tcpHeader  = 20
+	maxHeader  = 60 + 60
+	protoTCP   = 6
+
+	tcpFIN = 0x01
+	tcpPSH = 0x08
+	tcpACK = 0x10
+	tcpCWR = 0x80
+
+	// maxRun bounds the segments one coalesced TUN write gathers.
+	maxRun = conn.IdealBatchSize
+	// maxLayout bounds the header and segment a read expects (9000-byte
+	// jumbo frames fit).
+	maxLayout = 9216
+)
+
+// tunnel is an encrypted overlay's TUN as wireguard-go sees it, with the
+// kernel's TCP segmentation and coalescing offloads and without the copies
+// wireguard-go's own offloading TUN makes:
+//
+//   - Read scatters a TSO super-packet straight into wireguard-go's message
+//     buffers (readv with one iovec per segment, laid out as the previous
+//     super-packet was: the same header length and segment size), so only
+//     each segment's header is written and its TCP checksum computed. A
+//     packet laid out otherwise is gathered and split with copies.
+//   - Write gathers consecutive in-order segments of one TCP flow into one
+//     GSO write (writev: the first packet's header, then every payload where
+//     it lies) and asks the kernel to trust the checksum, as kernel
+//     WireGuard marks what it decrypts: the packets were authenticated
+//     end to end, and their senders computed the checksums.
+type tunnel struct {
+	name   string
+	file   *os.File
+	rc     syscall.RawConn
+	events chan tun.Event
+	closed sync.Once
+
+	// Read state: wireguard-go reads from one goroutine.
+	vnet    [vnetHdrLen]byte
+	slots   [][]byte // where the read's bytes go, in order
+	riov    []unix.Iovec
+	hl, mss int // the layout expected: the last super-packet's
+	hdr     [maxHeader]byte
+	scratch []byte // a packet gathered back together
+	// pending is a gathered super-packet of more segments than the last
+	// Read had buffers for: segments pendNext on go to the next Reads.
+	pending                   []byte
+	pendMSS, pendHL, pendNext int
+	rn                        int
+	rerr                      syscall.Errno
+	block                     bool
+	readFn                    func(fd uintptr) bool
+
+	// Write state: every peer's receiver writes, so one at a time.
+	wmu     sync.Mutex
+	wiov    []unix.Iovec
+	wcnt    int
+	werr    syscall.Errno
+	writeFn func(fd uintptr) bool
+
+	malformed atomic.Uint64
+}
+
+// errOffloadRefused: the kernel has no IFF_VNET_HDR or TSO for TUN.
+var errOffloadRefused = errors.New("tun offloads refused")
+
+// openTunnel creates the TUN name with mtu and TSO/checksum offload.
+func openTunnel(name string, mtu int) (*tunnel, error) {
+	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, fmt.Errorf("opening /dev/net/tun: %w", err)
+	}
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("tun name %q: %w", name, err)
+	}
+	ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
+	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("creating tun %s: %w (%w)", name, err, errOffloadRefused)
+	}
+	if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, tunFCsum|tunFTSO4); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("tun %s: TUNSETOFFLOAD: %w (%w)", name, err, errOffloadRefused)
+	}
+	f := os.NewFile(uintptr(fd), "/dev/net/tun")
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("tun %s: %w", name, err)
+	}
+	t := &tunnel{
+		name: ifr.Name(), file: f, rc: rc, events: make(chan tun.Event, 1),
+		hl: ipv4Header + tcpHeader + 12, mss: mtu - ipv4Header - tcpHeader - 12, // TCP with timestamps
+		scratch: make([]byte, maxPacket), wiov: make([]unix.Iovec, 1+maxRun),
+	}
+	t.readFn, t.writeFn = t.doRead, t.doWrite
+	// No super-packet of more segments than wireguard-go reads at once.
+	link, err := netlink.LinkByName(t.name)
+	if err == nil {
+		err = netlink.LinkSetMTU(link, mtu)
+	}
+	if err == nil {
+		err = netlink.LinkSetGSOMaxSegs(link, conn.IdealBatchSize)
+	}
+	if err != nil {
+		t.Close()
+		return nil, fmt.Errorf("setting up tun %s (mtu %d): %w", t.name, mtu, err)
+	}
+	// routeTUN sets the link up; wireguard-go starts the device on this.
+	t.events <- tun.EventUp
+	return t, nil
+}
+
+func (t *tunnel) File() *os.File           { return t.file }
+func (t *tunnel) Name() (string, error)    { return t.name, nil }
+func (t *tunnel) Events() <-chan tun.Event { return t.events }
+func (t *tunnel) BatchSize() int           { return conn.IdealBatchSize }
+
+func (t *tunnel) MTU() (int, error) {
+	link, err := netlink.LinkByName(t.name)
+	if err != nil {
+		return 0, fmt.Errorf("tun %s mtu: %w", t.name, err)
+	}
+	return link.Attrs().MTU, nil
+}
+
+// Close closes the fd (the kernel deletes the TUN) and the events.
+func (t *tunnel) Close() error {
+	var err error
+	t.closed.Do(func() {
+		if cerr := t.file.Close(); cerr != nil {
+			err = fmt.Errorf("closing tun %s: %w", t.name, cerr)
+		}
+		close(t.events)
+	})
+	return err
+}
+
+func (t *tunnel) doRead(fd uintptr) bool {
+	n, _, e := unix.RawSyscall(unix.SYS_READV, fd, uintptr(unsafe.Pointer(&t.riov[0])), uintptr(len(t.riov)))
+	if e == unix.EAGAIN && t.block {
+		return false // wait in the netpoller
+	}
+	t.rn, t.rerr = int(n), e
+	return true
+}
+
+// Read reads packets into bufs[i][offset:]: one TUN read, then more while
+// they come without waiting and bufs has room for another super-packet.
+// Packets that cannot be used are counted and skipped, never an error: an
+// error stops wireguard-go's device.
+func (t *tunnel) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	if t.pending != nil {
+		return t.splitPending(bufs, sizes, offset), nil
+	}
+	n := 0
+	for len(bufs)-n >= t.room() || n == 0 {
+		got, more, err := t.readPacket(bufs[n:], sizes[n:], offset, n == 0)
+		n += got
+		if err != nil {
+			return n, err
+		}
+		if !more || t.pending != nil {
+			break
+		}
+	}
+	return n, nil
+}
+
+// splitPending splits what bufs takes of the pending super-packet.
+func (t *tunnel) splitPending(bufs [][]byte, sizes []int, offset int) int {
+	n := t.split(t.pending, t.pendMSS, t.pendNext, bufs, sizes, offset)
+	t.pendNext += n
+	if t.pendNext*t.pendMSS >= len(t.pending)-t.pendHL {
+		t.pending = nil
+	}
+	return n
+}
+
+// room is how many buffers a super-packet laid out as expected needs.
+func (t *tunnel) room() int { return 1 + (maxPacket-t.hl+t.mss-1)/t.mss }
+
+// readPacket reads one packet (a super-packet split into segments) into
+// bufs. more is false when the TUN had nothing without waiting.
+func (t *tunnel) readPacket(bufs [][]byte, sizes []int, offset int, block bool) (n int, more bool, err error) {
+	// The layout: bufs[0] takes the header and the first segment, each
+	// further buffer one segment after the header's room, the last buffer
+	// everything left (so nothing is ever cut short).
+	hl, mss := t.hl, t.mss
+	slots := t.slots[:0]
+	k := min(len(bufs), t.room())
+	for i := range k {
+		b := bufs[i][offset:]
+		switch {
+		case i == 0 && k == 1:
+		case i == 0:
+			b = b[:hl+mss]
+		case i == k-1:
+			b = b[hl:]
+		default:
+			b = b[hl : hl+mss]
+		}
+		slots = append(slots, b)
+	}
+	t.slots = slots
+	iov := append(t.riov[:0], iovec(t.vnet[:]))
+	for _, s := range slots {
+		iov = append(iov, iovec(s))
+	}
+	t.riov = iov
+	t.block = block
+	if err := t.rc.Read(t.readFn); err != nil {
+		return 0, false, fmt.Errorf("reading tun %s: %w", t.name, err)
+	}
+	switch t.rerr {
+	case 0:
+	case unix.EAGAIN, unix.EINTR:
+		return 0, false, nil
+	default:
+		return 0, false, fmt.Errorf("reading tun %s: %w", t.name, t.rerr)
+	}
+	if t.rn <= vnetHdrLen {
+		t.malformed.Add(1)
+		return 0, true, nil
+	}
+	plen := t.rn - vnetHdrLen
+	h := t.vnet
+
+	gso := h[1] &^ vnetGSOECN
+	switch gso {
+	case vnetGSONone:
+		if plen > len(bufs[0])-offset {
+			t.malformed.Add(1)
+			return 0, true, nil
+		}
+		pkt := bufs[0][offset : offset+plen]
+		if plen > len(slots[0]) {
+			copy(pkt, t.gather(plen)) // longer than the expected first segment
+		}
+		if h[0]&vnetNeedsCsum != 0 && !completeChecksum(pkt, int(binary.LittleEndian.Uint16(h[6:8])), int(binary.LittleEndian.Uint16(h[8:10]))) {
+			t.malformed.Add(1)
+			return 0, true, nil
+		}
+		sizes[0] = plen
+		return 1, true, nil
+	case vnetGSOTCPv4:
+	default:
+		t.malformed.Add(1) // never asked for (TSO6, USO)
+		return 0, true, nil
+	}
+	ihl, phl, ok := tcpHeaderLen(slots[0][:min(plen, len(slots[0]))])
+	gsoSize := int(binary.LittleEndian.Uint16(h[4:6]))
+	if !ok || gsoSize == 0 || plen <= phl || phl+min(gsoSize, plen-phl) > len(bufs[0])-offset {
+		t.malformed.Add(1)
+		return 0, true, nil
+	}
+	segs := (plen - phl + gsoSize - 1) / gsoSize
+	if phl != hl || gsoSize != mss || segs > len(slots) {
+		// Laid out otherwise than expected: gather and split with copies,
+		// and expect this layout next (a segment no larger than a TUN
+		// packet could be: anything else is no flow's steady state).
+		if phl+gsoSize <= maxLayout {
+			t.hl, t.mss = phl, gsoSize
+		}
+		t.pending, t.pendMSS, t.pendHL, t.pendNext = t.gather(plen), gsoSize, phl, 0
+		return t.splitPending(bufs, sizes, offset), true, nil
+	}
+	copy(t.hdr[:phl], slots[0][:phl])
+	t.segment(ihl, phl, gsoSize, plen-phl, 0, segs, bufs, sizes, offset)
+	return segs, true, nil
+}
+
+// gather copies the n bytes the last read spread over the slots into scratch.
+func (t *tunnel) gather(n int) []byte {
+	p := t.scratch[:0]
+	for _, s := range t.slots {
+		if len(p) == n {
+			break
+		}
+		p = append(p, s[:min(len(s), n-len(p))]...)
+	}
+	return p
+}
+
+// split copies segments first, first+1, … of the TSO super-packet pkt
+// (header and payload, cut at mss) into bufs, one each, as many as bufs
+// takes, finishes their headers and returns how many it wrote.
+func (t *tunnel) split(pkt []byte, mss, first int, bufs [][]byte, sizes []int, offset int) int {
+	ihl, hl, _ := tcpHeaderLen(pkt)
+	copy(t.hdr[:hl], pkt[:hl])
+	payload := pkt[hl:]
+	n := min(len(bufs), (len(payload)+mss-1)/mss-first)
+	for j := range n {
+		i := first + j
+		copy(bufs[j][offset+hl:], payload[i*mss:min(len(payload), (i+1)*mss)])
+	}
+	t.segment(ihl, hl, mss, len(payload), first, n, bufs, sizes, offset)
+	return n
+}
+
+// segment writes the headers of segments first … first+n-1 of a
+// super-packet (payload bytes cut at mss) into bufs[0…n-1], whose
+// payloads lie at offset+hl, from the super-packet's header in t.hdr, the
+// way the kernel's TSO would: total length, IP id + i, seq + i*mss, FIN
+// and PSH on the last segment only, CWR on the first only, checksums.
+func (t *tunnel) segment(ihl, hl, mss, payload, first, n int, bufs [][]byte, sizes []int, offset int) {
+	h := t.hdr[:hl]
+	id0 := binary.BigEndian.Uint16(h[4:6])
+	seq0 := binary.BigEndian.Uint32(h[ihl+4 : ihl+8])
+	flags := h[ihl+13]
+	last := (payload+mss-1)/mss - 1
+	for j := range n {
+		i := first + j
+		p := min(mss, payload-i*mss)
+		s := bufs[j][offset : offset+hl+p]
+		copy(s[:hl], h)
+		binary.BigEndian.PutUint16(s[2:4], uint16(hl+p))
+		binary.BigEndian.PutUint16(s[4:6], id0+uint16(i))
+		csum.SetIPv4(s[:ihl])
+		tcp := s[ihl:]
+		binary.BigEndian.PutUint32(tcp[4:8], seq0+uint32(i*mss))
+		f := flags
+		if i > 0 {
+			f &^= tcpCWR
+		}
+		if i < last {
+			f &^= tcpFIN | tcpPSH
+		}
+		tcp[13] = f
+		tcp[16], tcp[17] = 0, 0
+		binary.BigEndian.PutUint16(tcp[16:18], ^csum.Fold(csum.Add(tcp, csum.Pseudo(s, protoTCP, len(tcp)))))
+		sizes[j] = hl + p
+	}
+}
+
+// completeChecksum finishes the partial checksum the kernel leaves with
+// TUN_F_CSUM: the field at start+off holds the pseudo-header sum.
+func completeChecksum(pkt []byte, start, off int) bool {
+	if start < ipv4Header || start+off+2 > len(pkt) {
+		return false
+	}
+	c := ^csum.Fold(csum.Add(pkt[start:], 0))
+	if c == 0 {
+		c = 0xffff // zero means "no checksum" to UDP; the same to TCP
+	}
+	binary.BigEndian.PutUint16(pkt[start+off:], c)
+	return true
+}
+
+// tcpHeaderLen returns the IPv4 header length and the IPv4+TCP header
+// length of pkt, or false when pkt does not start with both.
+func tcpHeaderLen(pkt []byte) (ihl, hl int, ok bool) {
+	if len(pkt) < ipv4Header+tcpHeader || pkt[0]>>4 != 4 || pkt[9] != protoTCP {
+		return 0, 0, false
+	}
+	ihl = int(pkt[0]&0x0f) * 4
+	if ihl < ipv4Header || len(pkt) < ihl+tcpHeader {
+		return 0, 0, false
+	}
+	thl := int(pkt[ihl+12]>>4) * 4
+	if thl < tcpHeader || len(pkt) < ihl+thl {
+		return 0, 0, false
+	}
+	return ihl, ihl + thl, true
+}
+
+func iovec(b []byte) unix.Iovec {
+	v := unix.Iovec{Base: &b[0]}
+	v.SetLen(len(b))
+	return v
+}
+
+func (t *tunnel) doWrite(fd uintptr) bool {
+	_, _, e := unix.RawSyscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&t.wiov[0])), uintptr(t.wcnt))
+	if e == unix.EAGAIN {
+		return false
+	}
+	t.werr = e
+	return true
+}
+
+// Write writes bufs[i][offset:], coalescing runs of one TCP flow. It uses
+// the offset bytes before each packet (wireguard-go's consumed message
+// header) for the virtio_net_hdr.
+func (t *tunnel) Write(bufs [][]byte, offset int) (int, error) {
+	if offset < vnetHdrLen {
+		return 0, fmt.Errorf("writing tun %s: offset %d leaves no room for the vnet header", t.name, offset)
+	}
+	t.wmu.Lock()
+	defer t.wmu.Unlock()
+	var (
+		err   error
+		run   = 0 // bufs[start:start+run] are one flow's run
+		start = 0
+		r     runState
+	)
+	flush := func() {
+		if run > 0 {
+			if werr := t.writeRun(bufs[start:start+run], offset, &r); werr != nil && err == nil {
+				err = werr
+			}
+		}
+		run = 0
+	}
+	for i, b := range bufs {
+		pkt := b[offset:]
+		hl, ok := coalescable(pkt)
+		if run > 0 && ok && r.fits(bufs[start][offset:], pkt, hl) {
+			r.add(pkt, hl)
+			run++
+			continue
+		}
+		flush()
+		if ok {
+			start, run = i, 1
+			r.begin(pkt, hl)
+			continue
+		}
+		if werr := t.writeOne(b, offset); werr != nil && err == nil {
+			err = werr
+		}
+	}
+	flush()
+	if err != nil {
+		return 0, err
+	}
+	return len(bufs), nil
+}
+
+// runState is what a run of coalesced segments must continue.
+type runState struct {
+	hl, mss, last, total int
+	seq                  uint32
+	psh                  bool
+	n                    int
+}
+
+func (r *runState) begin(pkt []byte, hl int) {
+	p := len(pkt) - hl
+	*r = runState{hl: hl, mss: p, last: p, total: p, n: 1,
+		seq: binary.BigEndian.Uint32(pkt[ipv4Header+4:]) + uint32(p), psh: pkt[ipv4Header+13]&tcpPSH != 0}
+}
+
+func (r *runState) add(pkt []byte, hl int) {
+	p := len(pkt) - hl
+	r.n++
+	r.last = p
+	r.total += p
+	r.seq += uint32(p)
+	r.psh = pkt[ipv4Header+13]&tcpPSH != 0
+}
+
+// fits reports whether pkt continues the run that first started.
+func (r *runState) fits(first, pkt []byte, hl int) bool {
+	p := len(pkt) - hl
+	switch {
+	case r.psh, r.last != r.mss, p > r.mss, hl != r.hl, r.n >= maxRun, r.hl+r.total+p > maxPacket:
+		return false
+	case pkt[1] != first[1], pkt[8] != first[8], pkt[6]&0x40 != first[6]&0x40: // TOS, TTL, DF
+		return false
+	case string(pkt[12:20]) != string(first[12:20]): // addresses
+		return false
+	}
+	t, ft := pkt[ipv4Header:hl], first[ipv4Header:hl]
+	if binary.BigEndian.Uint32(t[4:8]) != r.seq {
+		return false
+	}
+	// Ports, ack, window and options must match; seq, flags and checksum may differ.
+	return string(t[0:4]) == string(ft[0:4]) && string(t[8:12]) == string(ft[8:12]) &&
+		string(t[14:16]) == string(ft[14:16]) && string(t[20:]) == string(ft[20:])
+}
+
+// coalescable reports whether pkt is a plain TCP data segment: no IP
+// options or fragments, flags ACK or ACK|PSH, some payload.
+func coalescable(pkt []byte) (hl int, ok bool) {
+	if len(pkt) < ipv4Header+tcpHeader || pkt[0] != 0x45 || pkt[9] != protoTCP {
+		return 0, false
+	}
+	if binary.BigEndian.Uint16(pkt[6:8])&0x3fff != 0 { // MF or a fragment offset
+		return 0, false
+	}
+	thl := int(pkt[ipv4Header+12]>>4) * 4
+	hl = ipv4Header + thl
+	if thl < tcpHeader || len(pkt) <= hl || pkt[ipv4Header+13]&^tcpPSH != tcpACK {
+		return 0, false
+	}
+	return hl, true
+}
+
+// writeRun writes a run as one GSO packet: the first packet's header fixed
+// up for the whole, then every payload in place.
+func (t *tunnel) writeRun(run [][]byte, offset int, r *runState) error {
+	if len(run) == 1 {
+		return t.writeOne(run[0], offset)
+	}
+	first := run[0][offset-vnetHdrLen:]
+	ip := first[vnetHdrLen:]
+	v := first[:vnetHdrLen]
+	v[0], v[1] = vnetNeedsCsum, vnetGSOTCPv4
+	binary.LittleEndian.PutUint16(v[2:4], uint16(r.hl))
+	binary.LittleEndian.PutUint16(v[4:6], uint16(r.mss))
+	binary.LittleEndian.PutUint16(v[6:8], ipv4Header)
+	binary.LittleEndian.PutUint16(v[8:10], 16)
+	binary.BigEndian.PutUint16(ip[2:4], uint16(r.hl+r.total))
+	csum.SetIPv4(ip[:ipv4Header])
+	tcp := ip[ipv4Header:]
+	if r.psh {
+		tcp[13] |= tcpPSH
+	}
+	// With NEEDS_CSUM the kernel wants the folded pseudo-header sum, not inverted.
+	binary.BigEndian.PutUint16(tcp[16:18], csum.Fold(csum.Pseudo(ip, protoTCP, r.hl-ipv4Header+r.total)))
+	t.wiov[0] = iovec(first[:vnetHdrLen+r.hl+r.mss])
+	for i, b := range run[1:] {
+		t.wiov[1+i] = iovec(b[offset+r.hl:])
+	}
+	return t.writev(len(run))
+}
+
+// writeOne writes one packet as it is, the kernel checking its checksum.
+func (t *tunnel) writeOne(b []byte, offset int) error {
+	v := b[offset-vnetHdrLen:]
+	clear(v[:vnetHdrLen])
+	t.wiov[0] = iovec(v)
+	return t.writev(1)
+}
+
+func (t *tunnel) writev(n int) error {
+	t.wcnt = n
+	if err := t.rc.Write(t.writeFn); err != nil {
+		return fmt.Errorf("writing tun %s: %w", t.name, err)
+	}
+	if t.werr != 0 {
+		return fmt.Errorf("writing tun %s: %w", t.name, t.werr)
+	}
+	return nil
+}
+
+func (t *tunnel) drops() uint64 { return t.malformed.Load() }
