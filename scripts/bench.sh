@@ -3,7 +3,8 @@
 # network namespaces). Results go to stdout and bench/ (markdown + raw).
 #  1. datapath: iperf3 TCP container to container across two namespace hosts,
 #     direct underlay vs kernel VXLAN vs twill plain vs twill offload vs an
-#     encrypted overlay (wireguard; wireguard1p: with GOMAXPROCS=1), in
+#     encrypted overlay (wireguard; wireguardcopying: on wireguard-go's own TUN
+#     and UDP bind; wireguard1p: with GOMAXPROCS=1), in
 #     alternating rounds, medians, ratios to VXLAN, ping RTT, forwarder CPU;
 #  2. the forwarder's per-packet work (-benchmem: allocations per packet);
 #  3. the lease manager with 1000 existing leases;

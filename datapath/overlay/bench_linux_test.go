@@ -28,8 +28,10 @@ import (
 // prints a markdown table of medians with the ratios to VXLAN.
 // TWILL_BENCH_ROUNDS (default 3) and TWILL_BENCH_SECONDS (default 5) set
 // the size; TWILL_BENCH_MODES (comma-separated, default
-// underlay,vxlan,plain,offload,busy,wireguard,kernel; "wireguard" is an encrypted
-// overlay (datapath/wireguard, as twilld runs it); "kernel" the kernel datapath; "offload1p" is the fast path with
+// underlay,vxlan,plain,offload,busy,wireguard,wireguardcopying,kernel;
+// "wireguard" is an encrypted overlay (datapath/wireguard, as twilld runs
+// it), "wireguardcopying" the same on wireguard-go's own TUN and UDP bind;
+// "kernel" the kernel datapath; "offload1p" is the fast path with
 // GOMAXPROCS=1 in each forwarder) picks the paths; TWILL_BENCH_OUT names a
 // file the table is also written to; TWILL_BENCH_PIN=0 runs the forwarders
 // and ping on CPU 0 (a diagnostic, see pinned). Mode "kernel" is the
@@ -70,7 +72,7 @@ func BenchmarkDatapath(b *testing.B) {
 	testbed.Start(b, hostNS(2), filepath.Join(tp.dir, "iperf-h2.log"), nil, "iperf3", "-s", "-B", underlayIP(2))
 	testbed.Start(b, containerNS(2), filepath.Join(tp.dir, "iperf-c2.log"), nil, "iperf3", "-s", "-B", containerIP(2))
 
-	modes := []string{"underlay", "vxlan", "plain", "offload", "busy", "wireguard", "kernel"}
+	modes := []string{"underlay", "vxlan", "plain", "offload", "busy", "wireguard", "wireguardcopying", "kernel"}
 	if m := os.Getenv("TWILL_BENCH_MODES"); m != "" {
 		modes = strings.Split(m, ",") // must include vxlan for the ratios
 	}

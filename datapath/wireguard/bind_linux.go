@@ -178,6 +178,15 @@ func (b *udpBind) Send(bufs [][]byte, ep conn.Endpoint) error {
 			continue
 		}
 		if src := e.SrcIP(); src.IsValid() {
+			// The address or interface a peer reached is gone (a new
+			// DHCP lease, a link removed; a retry without it shows whether
+			// the peer itself is unreachable): let the kernel pick again,
+			// as wireguard-go's own bind does when routes change.
+			if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EADDRNOTAVAIL) || errors.Is(err, unix.ENODEV) || errors.Is(err, unix.ENETUNREACH) {
+				e.ClearSrc()
+				bufs = bufs[s.bufsSent():]
+				continue
+			}
 			return fmt.Errorf("sending udp to %s from %s: %w", e.dst, src, err)
 		}
 		return fmt.Errorf("sending udp to %s: %w", e.dst, err)

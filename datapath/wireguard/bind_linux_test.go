@@ -291,6 +291,22 @@ func TestBindEndpoints(t *testing.T) {
 	}
 }
 
+// A sticky source that is no longer this host's (an address gone with a
+// new lease) is dropped and the datagram still leaves.
+func TestBindStaleSourceIsDropped(t *testing.T) {
+	a, b := newLoopHost(t), newLoopHost(t)
+	stale := &endpoint{dst: b.addr, src: netip.MustParseAddr("192.0.2.1"), ifindex: 1}
+	if err := a.b.Send([][]byte{[]byte("after the lease changed")}, stale); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := b.receive(t, 1); string(got[0]) != "after the lease changed" {
+		t.Fatalf("got %q", got[0])
+	}
+	if stale.SrcIP().IsValid() {
+		t.Fatalf("the stale source %v is still used", stale.SrcIP())
+	}
+}
+
 // wireguard-go sends to each peer from its own goroutine.
 func TestBindConcurrentSends(t *testing.T) {
 	a, b := newLoopHost(t), newLoopHost(t)

@@ -36,6 +36,8 @@ func TestDependenciesPointOneWay(t *testing.T) {
 		{"names", []string{"github.com/vishvananda/netlink", module + "datapath", module + "driver", module + "ipam", module + "plugin", module + "internal/subnet", module + "cmd", "github.com/docker/go-plugins-helpers"}},
 		// udpsock: sockets only; the resolver and the testbed's stub use it.
 		{"internal/udpsock", []string{module + "names", module + "datapath", module + "driver", module + "ipam", module + "plugin", module + "internal/subnet", module + "cmd", "go.etcd.io/etcd", "github.com/miekg/dns"}},
+		// csum: the Internet checksum, for both datapaths; it sees nothing else.
+		{"internal/csum", []string{module + "datapath", module + "internal/subnet", module + "cmd", "golang.org/x", "github.com/vishvananda"}},
 		{"internal/subnet", []string{module + "datapath", module + "driver", module + "ipam", module + "plugin", "github.com/docker/go-plugins-helpers"}},
 	}
 	for _, r := range rules {
