@@ -370,7 +370,7 @@ func TestBindAllocations(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if allocs != 0 {
+	if allocs != 0 && !raceEnabled {
 		t.Fatalf("%v allocations per send and receive of %d messages, want 0", allocs, len(bufs))
 	}
 }

@@ -5,6 +5,12 @@
 // overlay (golang.zx2c4.com/wireguard used as a library) behind its own TUN
 // device, with peers from the overlay's leases.
 //
+// wireguard-go gets its packets through a TUN (tunnel) and a UDP socket
+// (udpBind) of this package rather than its own, which copy every packet
+// once more each way: super-packets are read straight into wireguard-go's
+// message buffers, decrypted runs written to the TUN from where they lie,
+// GSO trains sent and GRO trains received in place.
+//
 // Keys are Key values everywhere; they become base64 text only in etcd and
 // in the key file.
 package wireguard
