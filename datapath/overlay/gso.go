@@ -4,17 +4,17 @@ import (
 	"encoding/binary"
 
 	"github.com/twill-net/twill/internal/csum"
+	"github.com/twill-net/twill/internal/tundev"
 )
 
 // virtio_net_hdr, which precedes every packet on a TUN opened with
-// IFF_VNET_HDR (include/uapi/linux/virtio_net.h; native byte order, which
-// is little endian on every platform twill runs on).
+// IFF_VNET_HDR (internal/tundev).
 const (
-	vnetHdrLen       = 10
-	vnetFlagNeedCsum = 1
-	vnetGSONone      = 0
-	vnetGSOTCPv4     = 1
-	vnetGSOECN       = 0x80
+	vnetHdrLen       = tundev.VnetHdrLen
+	vnetFlagNeedCsum = tundev.VnetNeedsCsum
+	vnetGSONone      = tundev.VnetGSONone
+	vnetGSOTCPv4     = tundev.VnetGSOTCPv4
+	vnetGSOECN       = tundev.VnetGSOECN
 )
 
 // Limits of one UDP GSO send: the kernel caps the train at 64 segments

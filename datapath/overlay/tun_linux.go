@@ -11,12 +11,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
-)
 
-// TUNSETOFFLOAD flags (include/uapi/linux/if_tun.h; not in x/sys/unix).
-const (
-	tunFCsum = 0x01
-	tunFTSO4 = 0x02
+	"github.com/twill-net/twill/internal/tundev"
 )
 
 // tunDevice is the kernel TUN. Its fd is non-blocking and parked in Go's
@@ -79,37 +75,11 @@ func openTUN(name string, mtu int, offload bool) (*tunDevice, error) {
 }
 
 func createTUN(name string, vnet bool) (*tunDevice, error) {
-	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	d, err := tundev.Create(name, vnet, tundev.OffloadCsum|tundev.OffloadTSO4)
 	if err != nil {
-		return nil, fmt.Errorf("opening /dev/net/tun: %w", err)
+		return nil, err
 	}
-	ifr, err := unix.NewIfreq(name)
-	if err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("tun name %q: %w", name, err)
-	}
-	flags := uint16(unix.IFF_TUN | unix.IFF_NO_PI)
-	if vnet {
-		flags |= unix.IFF_VNET_HDR
-	}
-	ifr.SetUint16(flags)
-	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("creating tun %s: %w", name, err)
-	}
-	if vnet {
-		if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, tunFCsum|tunFTSO4); err != nil {
-			unix.Close(fd)
-			return nil, fmt.Errorf("enabling offloads on tun %s: %w", name, err)
-		}
-	}
-	f := os.NewFile(uintptr(fd), "/dev/net/tun")
-	rc, err := f.SyscallConn()
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("tun %s: %w", name, err)
-	}
-	t := &tunDevice{name: ifr.Name(), file: f, rc: rc, vnet: vnet, wiov: make([]unix.Iovec, 1+maxRunSegments+1)}
+	t := &tunDevice{name: d.Name, file: d.File, rc: d.RC, vnet: vnet, wiov: make([]unix.Iovec, 1+maxRunSegments+1)}
 	t.readFn, t.waitFn = t.doRead, t.ready.check
 	t.writeFn = t.doWrite
 	return t, nil

@@ -88,6 +88,16 @@ func datagrams(rng *rand.ChaCha8, sizes ...int) [][]byte {
 	return bufs
 }
 
+// sendReceive sends bufs from a to b and checks that b gets them as they were.
+func sendReceive(t *testing.T, a, b *loopHost, bufs [][]byte) {
+	t.Helper()
+	if err := a.b.Send(bufs, b.ep); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := b.receive(t, len(bufs))
+	sameMessages(t, got, bufs)
+}
+
 // sizes is n of size, then the rest.
 func sizes(n, size int, rest ...int) []int {
 	s := make([]int, n, n+len(rest))
@@ -122,14 +132,7 @@ func TestBindTrainArrivesAsMessages(t *testing.T) {
 		{"a full batch of mixed runs", append(append(sizes(60, 1452, 100), sizes(40, 1200, 1200)...), sizes(27, 148)...)},
 		{"one datagram", sizes(1, 92)},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			bufs := datagrams(rng, tc.sizes...)
-			if err := a.b.Send(bufs, b.ep); err != nil {
-				t.Fatal(err)
-			}
-			got, _ := b.receive(t, len(bufs))
-			sameMessages(t, got, bufs)
-		})
+		t.Run(tc.name, func(t *testing.T) { sendReceive(t, a, b, datagrams(rng, tc.sizes...)) })
 	}
 }
 
@@ -154,26 +157,14 @@ func TestBindRepairsMisguessedSegments(t *testing.T) {
 		{"1452-byte train after a large plain", sizes(40, 1452, 12)},
 		{"all at once", append(append(append(sizes(10, 1000), sizes(1, 3000)...), sizes(20, 1200, 50)...), sizes(1, maxPayload)...)},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			bufs := datagrams(rng, tc.sizes...)
-			if err := a.b.Send(bufs, b.ep); err != nil {
-				t.Fatal(err)
-			}
-			got, _ := b.receive(t, len(bufs))
-			sameMessages(t, got, bufs)
-		})
+		t.Run(tc.name, func(t *testing.T) { sendReceive(t, a, b, datagrams(rng, tc.sizes...)) })
 	}
 }
 
 func TestBindWithoutGSO(t *testing.T) {
 	a, b := newLoopHost(t), newLoopHost(t)
 	a.b.noGSO.Store(true) // as after a device refused a train
-	bufs := datagrams(rand.NewChaCha8([32]byte{3}), sizes(20, 1300, 600)...)
-	if err := a.b.Send(bufs, b.ep); err != nil {
-		t.Fatal(err)
-	}
-	got, _ := b.receive(t, len(bufs))
-	sameMessages(t, got, bufs)
+	sendReceive(t, a, b, datagrams(rand.NewChaCha8([32]byte{3}), sizes(20, 1300, 600)...))
 }
 
 func TestBindOpenClose(t *testing.T) {

@@ -10,6 +10,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/tun"
+
+	"github.com/twill-net/twill/internal/tundev"
 )
 
 // TunnelPrefix starts the name of every encrypted overlay's TUN device
@@ -35,7 +37,7 @@ func Open(cfg Config, mtu int) (*Device, error) {
 	var (
 		t   tun.Device
 		tt  *tunnel
-		err = errOffloadRefused
+		err = tundev.ErrOffloadRefused
 	)
 	if !cfg.CopyingIO {
 		tt, err = openTunnel(name, mtu)
@@ -43,7 +45,7 @@ func Open(cfg Config, mtu int) (*Device, error) {
 	switch {
 	case err == nil:
 		t = tt
-	case errors.Is(err, errOffloadRefused):
+	case errors.Is(err, tundev.ErrOffloadRefused):
 		t, err = tun.CreateTUN(name, mtu) // wireguard-go's own: it copies, but copes
 	}
 	if err != nil {

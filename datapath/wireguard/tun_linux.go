@@ -2,7 +2,6 @@ package wireguard
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"os"
 	"sync"
@@ -16,20 +15,7 @@ import (
 	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/twill-net/twill/internal/csum"
-)
-
-// The virtio_net_hdr that precedes every packet on a TUN opened with
-// IFF_VNET_HDR (include/uapi/linux/virtio_net.h, little endian), and the
-// TUNSETOFFLOAD flags (include/uapi/linux/if_tun.h).
-const (
-	vnetHdrLen    = 10
-	vnetNeedsCsum = 1
-	vnetGSONone   = 0
-	vnetGSOTCPv4  = 1
-	vnetGSOECN    = 0x80
-
-	tunFCsum = 0x01
-	tunFTSO4 = 0x02
+	"github.com/twill-net/twill/internal/tundev"
 )
 
 const (
@@ -73,7 +59,7 @@ type tunnel struct {
 	closed sync.Once
 
 	// Read state: wireguard-go reads from one goroutine.
-	vnet    [vnetHdrLen]byte
+	vnet    [tundev.VnetHdrLen]byte
 	slots   [][]byte // where the read's bytes go, in order
 	riov    []unix.Iovec
 	hl, mss int // the layout expected: the last super-packet's
@@ -98,37 +84,15 @@ type tunnel struct {
 	malformed atomic.Uint64
 }
 
-// errOffloadRefused: the kernel has no IFF_VNET_HDR or TSO for TUN.
-var errOffloadRefused = errors.New("tun offloads refused")
-
-// openTunnel creates the TUN name with mtu and TSO/checksum offload.
+// openTunnel creates the TUN name with mtu and TSO/checksum offload; the
+// error wraps tundev.ErrOffloadRefused when the kernel refuses those.
 func openTunnel(name string, mtu int) (*tunnel, error) {
-	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	d, err := tundev.Create(name, true, tundev.OffloadCsum|tundev.OffloadTSO4)
 	if err != nil {
-		return nil, fmt.Errorf("opening /dev/net/tun: %w", err)
-	}
-	ifr, err := unix.NewIfreq(name)
-	if err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("tun name %q: %w", name, err)
-	}
-	ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
-	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("creating tun %s: %w (%w)", name, err, errOffloadRefused)
-	}
-	if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, tunFCsum|tunFTSO4); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("tun %s: TUNSETOFFLOAD: %w (%w)", name, err, errOffloadRefused)
-	}
-	f := os.NewFile(uintptr(fd), "/dev/net/tun")
-	rc, err := f.SyscallConn()
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("tun %s: %w", name, err)
+		return nil, err
 	}
 	t := &tunnel{
-		name: ifr.Name(), file: f, rc: rc, events: make(chan tun.Event, 1),
+		name: d.Name, file: d.File, rc: d.RC, events: make(chan tun.Event, 1),
 		hl: ipv4Header + tcpHeader + 12, mss: mtu - ipv4Header - tcpHeader - 12, // TCP with timestamps
 		scratch: make([]byte, maxPacket), wiov: make([]unix.Iovec, 1+maxRun),
 	}
@@ -258,16 +222,16 @@ func (t *tunnel) readPacket(bufs [][]byte, sizes []int, offset int, block bool) 
 	default:
 		return 0, false, fmt.Errorf("reading tun %s: %w", t.name, t.rerr)
 	}
-	if t.rn <= vnetHdrLen {
+	if t.rn <= tundev.VnetHdrLen {
 		t.malformed.Add(1)
 		return 0, true, nil
 	}
-	plen := t.rn - vnetHdrLen
+	plen := t.rn - tundev.VnetHdrLen
 	h := t.vnet
 
-	gso := h[1] &^ vnetGSOECN
+	gso := h[1] &^ tundev.VnetGSOECN
 	switch gso {
-	case vnetGSONone:
+	case tundev.VnetGSONone:
 		if plen > len(bufs[0])-offset {
 			t.malformed.Add(1)
 			return 0, true, nil
@@ -276,13 +240,13 @@ func (t *tunnel) readPacket(bufs [][]byte, sizes []int, offset int, block bool) 
 		if plen > len(slots[0]) {
 			copy(pkt, t.gather(plen)) // longer than the expected first segment
 		}
-		if h[0]&vnetNeedsCsum != 0 && !completeChecksum(pkt, int(binary.LittleEndian.Uint16(h[6:8])), int(binary.LittleEndian.Uint16(h[8:10]))) {
+		if h[0]&tundev.VnetNeedsCsum != 0 && !completeChecksum(pkt, int(binary.LittleEndian.Uint16(h[6:8])), int(binary.LittleEndian.Uint16(h[8:10]))) {
 			t.malformed.Add(1)
 			return 0, true, nil
 		}
 		sizes[0] = plen
 		return 1, true, nil
-	case vnetGSOTCPv4:
+	case tundev.VnetGSOTCPv4:
 	default:
 		t.malformed.Add(1) // never asked for (TSO6, USO)
 		return 0, true, nil
@@ -422,7 +386,7 @@ func (t *tunnel) doWrite(fd uintptr) bool {
 // the offset bytes before each packet (wireguard-go's consumed message
 // header) for the virtio_net_hdr.
 func (t *tunnel) Write(bufs [][]byte, offset int) (int, error) {
-	if offset < vnetHdrLen {
+	if offset < tundev.VnetHdrLen {
 		return 0, fmt.Errorf("writing tun %s: offset %d leaves no room for the vnet header", t.name, offset)
 	}
 	t.wmu.Lock()
@@ -532,10 +496,10 @@ func (t *tunnel) writeRun(run [][]byte, offset int, r *runState) error {
 	if len(run) == 1 {
 		return t.writeOne(run[0], offset)
 	}
-	first := run[0][offset-vnetHdrLen:]
-	ip := first[vnetHdrLen:]
-	v := first[:vnetHdrLen]
-	v[0], v[1] = vnetNeedsCsum, vnetGSOTCPv4
+	first := run[0][offset-tundev.VnetHdrLen:]
+	ip := first[tundev.VnetHdrLen:]
+	v := first[:tundev.VnetHdrLen]
+	v[0], v[1] = tundev.VnetNeedsCsum, tundev.VnetGSOTCPv4
 	binary.LittleEndian.PutUint16(v[2:4], uint16(r.hl))
 	binary.LittleEndian.PutUint16(v[4:6], uint16(r.mss))
 	binary.LittleEndian.PutUint16(v[6:8], ipv4Header)
@@ -548,7 +512,7 @@ func (t *tunnel) writeRun(run [][]byte, offset int, r *runState) error {
 	}
 	// With NEEDS_CSUM the kernel wants the folded pseudo-header sum, not inverted.
 	binary.BigEndian.PutUint16(tcp[16:18], csum.Fold(csum.Pseudo(ip, protoTCP, r.hl-ipv4Header+r.total)))
-	t.wiov[0] = iovec(first[:vnetHdrLen+r.hl+r.mss])
+	t.wiov[0] = iovec(first[:tundev.VnetHdrLen+r.hl+r.mss])
 	for i, b := range run[1:] {
 		t.wiov[1+i] = iovec(b[offset+r.hl:])
 	}
@@ -557,8 +521,8 @@ func (t *tunnel) writeRun(run [][]byte, offset int, r *runState) error {
 
 // writeOne writes one packet as it is, the kernel checking its checksum.
 func (t *tunnel) writeOne(b []byte, offset int) error {
-	v := b[offset-vnetHdrLen:]
-	clear(v[:vnetHdrLen])
+	v := b[offset-tundev.VnetHdrLen:]
+	clear(v[:tundev.VnetHdrLen])
 	t.wiov[0] = iovec(v)
 	return t.writev(1)
 }

@@ -38,6 +38,8 @@ func TestDependenciesPointOneWay(t *testing.T) {
 		{"internal/udpsock", []string{module + "names", module + "datapath", module + "driver", module + "ipam", module + "plugin", module + "internal/subnet", module + "cmd", "go.etcd.io/etcd", "github.com/miekg/dns"}},
 		// csum: the Internet checksum, for both datapaths; it sees nothing else.
 		{"internal/csum", []string{module + "datapath", module + "internal/subnet", module + "cmd", "golang.org/x", "github.com/vishvananda"}},
+		// tundev: opening a TUN, for both datapaths.
+		{"internal/tundev", []string{module + "datapath", module + "internal/subnet", module + "cmd", "github.com/vishvananda", "golang.zx2c4.com"}},
 		{"internal/subnet", []string{module + "datapath", module + "driver", module + "ipam", module + "plugin", "github.com/docker/go-plugins-helpers"}},
 	}
 	for _, r := range rules {

@@ -1,0 +1,81 @@
+// Package tundev creates the Linux TUN devices the datapaths forward
+// through: a non-blocking fd parked in Go's netpoller (so Close wakes a
+// pending read), optionally with the virtio_net_hdr before every packet and
+// the kernel's TCP segmentation and checksum offloads.
+package tundev
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// The virtio_net_hdr that precedes every packet on a TUN opened with vnet
+// (include/uapi/linux/virtio_net.h; little endian on every platform twill
+// runs on).
+const (
+	VnetHdrLen    = 10
+	VnetNeedsCsum = 1 // flags: the checksum at CsumStart+CsumOffset is to be completed
+	VnetGSONone   = 0
+	VnetGSOTCPv4  = 1
+	VnetGSOECN    = 0x80
+)
+
+// TUNSETOFFLOAD flags (include/uapi/linux/if_tun.h; not in x/sys/unix).
+const (
+	OffloadCsum = 0x01
+	OffloadTSO4 = 0x02
+)
+
+// ErrOffloadRefused is wrapped when the kernel refuses the vnet header or
+// the offloads: a plain TUN still works.
+var ErrOffloadRefused = errors.New("tun offloads refused")
+
+// Device is an open TUN.
+type Device struct {
+	Name string // as the kernel named it
+	File *os.File
+	RC   syscall.RawConn
+}
+
+// Create creates (or attaches to a persistent) TUN name. With vnet it
+// asks for the virtio_net_hdr and offloads (OffloadCsum, OffloadTSO4).
+func Create(name string, vnet bool, offloads int) (Device, error) {
+	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return Device{}, fmt.Errorf("opening /dev/net/tun: %w", err)
+	}
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		unix.Close(fd)
+		return Device{}, fmt.Errorf("tun name %q: %w", name, err)
+	}
+	flags := uint16(unix.IFF_TUN | unix.IFF_NO_PI)
+	if vnet {
+		flags |= unix.IFF_VNET_HDR
+	}
+	ifr.SetUint16(flags)
+	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+		unix.Close(fd)
+		if vnet {
+			err = fmt.Errorf("%w (%w)", err, ErrOffloadRefused)
+		}
+		return Device{}, fmt.Errorf("creating tun %s: %w", name, err)
+	}
+	if vnet {
+		if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, offloads); err != nil {
+			unix.Close(fd)
+			return Device{}, fmt.Errorf("enabling offloads on tun %s: %w (%w)", name, err, ErrOffloadRefused)
+		}
+	}
+	f := os.NewFile(uintptr(fd), "/dev/net/tun")
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return Device{}, fmt.Errorf("tun %s: %w", name, err)
+	}
+	return Device{Name: ifr.Name(), File: f, RC: rc}, nil
+}
