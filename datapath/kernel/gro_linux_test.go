@@ -24,7 +24,7 @@ func TestGROStage(t *testing.T) {
 		t.Fatalf("ip link add: %v %s", err, out)
 	}
 	cfg := Config{TUN: "twk-tun", Underlay: "twk-ul", LocalIP: netip.MustParseAddr("10.199.0.1"), Port: 8285, MTU: 1472, GRO: "twkg"}
-	inNetns(t, ns, func() {
+	testbed.InNetns(t, ns, func() {
 		d, err := Open(cfg)
 		must(t, err)
 		must(t, d.Attach())

@@ -5,12 +5,10 @@ import (
 	"errors"
 	"net/netip"
 	"os/exec"
-	"runtime"
 	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf"
-	"github.com/vishvananda/netns"
 
 	"github.com/twill-net/twill/internal/testbed"
 )
@@ -34,7 +32,7 @@ func openInNetns(t *testing.T) *Datapath {
 	}
 	var d *Datapath
 	var err error
-	inNetns(t, ns, func() {
+	testbed.InNetns(t, ns, func() {
 		d, err = Open(Config{TUN: "twk-tun", Underlay: "twk-ul", LocalIP: netip.MustParseAddr("10.199.0.1"), Port: 8285, MTU: 1472})
 		if err == nil {
 			err = d.Attach()
@@ -48,22 +46,6 @@ func openInNetns(t *testing.T) *Datapath {
 	must(t, d.SetPeer(netip.MustParsePrefix("10.96.2.0/24"), netip.MustParseAddrPort("10.199.0.2:8285")))
 	must(t, d.SetPeer(netip.MustParsePrefix("10.96.4.0/24"), netip.MustParseAddrPort("10.199.0.4:8285")))
 	return d
-}
-
-// inNetns runs f on a thread in ns (the thread ends with it).
-func inNetns(t *testing.T, ns netns.NsHandle, f func()) {
-	t.Helper()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
-		if err := netns.Set(ns); err != nil {
-			t.Error(err)
-			return
-		}
-		f()
-	}()
-	<-done
 }
 
 func must(t *testing.T, err error) {
@@ -228,7 +210,7 @@ func TestUnsuitable(t *testing.T) {
 		t.Fatalf("ip link add: %v %s", err, out)
 	}
 	in := func() (why string) {
-		inNetns(t, ns, func() { why = Unsuitable("twk-a") })
+		testbed.InNetns(t, ns, func() { why = Unsuitable("twk-a") })
 		return why
 	}
 	if why := in(); !strings.Contains(why, "checksum offload") {

@@ -27,7 +27,7 @@ func TestTakeOver(t *testing.T) {
 		t.Fatalf("ip link add: %v %s", err, out)
 	}
 	legit := frame("10.199.0.2", 8285, ipv4("10.96.2.2", "10.96.1.2", 17, udp(4000, 5000, []byte("legit"))))
-	inNetns(t, ns, func() {
+	testbed.InNetns(t, ns, func() {
 		dir, err := PinDir(root)
 		must(t, err)
 		under, err := netlinkIndex("twk-ul")

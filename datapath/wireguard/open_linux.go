@@ -46,6 +46,10 @@ func Open(cfg Config, mtu int) (*Device, error) {
 	case err == nil:
 		t = tt
 	case errors.Is(err, tundev.ErrOffloadRefused):
+		if !cfg.CopyingIO && cfg.Logger != nil {
+			cfg.Logger.Warn("the kernel refused TUN offloads: the encrypted overlay runs on wireguard-go's own TUN, which copies every packet once more",
+				"overlay", cfg.Overlay.String(), "err", err)
+		}
 		t, err = tun.CreateTUN(name, mtu) // wireguard-go's own: it copies, but copes
 	}
 	if err != nil {

@@ -9,8 +9,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -23,27 +21,6 @@ import (
 
 	"github.com/twill-net/twill/internal/testbed"
 )
-
-// inNS runs f on a thread in the named network namespace.
-func inNS(t *testing.T, name string, f func()) {
-	t.Helper()
-	h, err := netns.GetFromName(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
-		if err := netns.Set(h); err != nil {
-			t.Error(err)
-			return
-		}
-		f()
-	}()
-	<-done
-}
 
 // tcpChecksumOK checks an IPv4/TCP packet's header and TCP checksums the
 // slow way (RFC 1071, one word at a time).
@@ -138,15 +115,12 @@ func (p *pump) run(from, to *tunnel, mtu, batch int) {
 func TestTunnelCarriesTCPIntact(t *testing.T) {
 	testbed.RequireRoot(t)
 	const mtu = 1420
-	nsA, nsB := fmt.Sprintf("twgt-a-%d", os.Getpid()), fmt.Sprintf("twgt-b-%d", os.Getpid())
-	for _, ns := range []string{nsA, nsB} {
-		testbed.Must(t, "ip", "netns", "add", ns)
-		t.Cleanup(func() { testbed.Must(t, "ip", "netns", "del", ns) })
-	}
+	_, nsA := testbed.Netns(t, "twgt")
+	_, nsB := testbed.Netns(t, "twgt")
 	overlay := netip.MustParsePrefix("10.77.0.0/16")
 	var ta, tb *tunnel
-	open := func(ns, name, local string, tp **tunnel) {
-		inNS(t, ns, func() {
+	open := func(ns netns.NsHandle, name, local string, tp **tunnel) {
+		testbed.InNetns(t, ns, func() {
 			tu, err := openTunnel(name, mtu)
 			if err != nil {
 				t.Error(err)
@@ -172,7 +146,7 @@ func TestTunnelCarriesTCPIntact(t *testing.T) {
 	go ba.run(tb, ta, mtu, 64) // fewer buffers: a second super-packet rarely fits
 
 	var ln net.Listener
-	inNS(t, nsB, func() {
+	testbed.InNetns(t, nsB, func() {
 		var err error
 		if ln, err = net.Listen("tcp4", "10.77.2.1:0"); err != nil {
 			t.Error(err)
@@ -189,7 +163,7 @@ func TestTunnelCarriesTCPIntact(t *testing.T) {
 	flow := func(mss int) error {
 		var c net.Conn
 		var err error
-		inNS(t, nsA, func() {
+		testbed.InNetns(t, nsA, func() {
 			d := net.Dialer{Timeout: 5 * time.Second, Control: func(_, _ string, rc syscall.RawConn) error {
 				var serr error
 				if mss > 0 {
@@ -268,7 +242,7 @@ func TestTunnelCarriesTCPIntact(t *testing.T) {
 		}
 	}
 	var rx uint64
-	inNS(t, nsB, func() {
+	testbed.InNetns(t, nsB, func() {
 		l, err := netlink.LinkByName("twgtb")
 		if err != nil {
 			t.Error(err)

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -56,6 +57,23 @@ func Netns(t testing.TB, prefix string) (string, netns.NsHandle) {
 	}
 	t.Cleanup(func() { ns.Close() })
 	return name, ns
+}
+
+// InNetns runs f on a thread in ns and waits for it; the thread ends with
+// f, so no other goroutine ever runs in ns by accident.
+func InNetns(t testing.TB, ns netns.NsHandle, f func()) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+		if err := netns.Set(ns); err != nil {
+			t.Error(err)
+			return
+		}
+		f()
+	}()
+	<-done
 }
 
 // BPFFS mounts a bpf filesystem of the test's own in a temporary directory
