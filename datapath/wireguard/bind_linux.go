@@ -34,8 +34,8 @@ const (
 	maxEndpoints = 1024
 )
 
-// sendCtrlSpace is one train's control messages: UDP_SEGMENT and IP_PKTINFO.
-var sendCtrlSpace = unix.CmsgSpace(2) + unix.CmsgSpace(unix.SizeofInet4Pktinfo)
+// sendCtrlSpace is one train's control message: UDP_SEGMENT.
+var sendCtrlSpace = unix.CmsgSpace(2)
 
 // udpBind is the encrypted overlay's UDP socket, IPv4 only, as
 // wireguard-go's StdNetBind without its two copies: a GSO train is sent
@@ -80,7 +80,7 @@ func (b *udpBind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 					unix.SetsockoptInt(s, unix.SOL_SOCKET, o[1], socketBuffer) // without CAP_NET_ADMIN: up to the sysctl's max
 				}
 			}
-			// The local address a peer reached is where replies leave from.
+			// The local address a peer reached, for the endpoint's SrcIP.
 			err = unix.SetsockoptInt(s, unix.IPPROTO_IP, unix.IP_PKTINFO, 1)
 			gro = unix.SetsockoptInt(s, unix.SOL_UDP, unix.UDP_GRO, 1) == nil
 			_, serr := unix.GetsockoptInt(s, unix.SOL_UDP, unix.UDP_SEGMENT)
@@ -177,18 +177,6 @@ func (b *udpBind) Send(bufs [][]byte, ep conn.Endpoint) error {
 			bufs = bufs[s.bufsSent():]
 			continue
 		}
-		if src := e.SrcIP(); src.IsValid() {
-			// The address or interface a peer reached is gone (a new
-			// DHCP lease, a link removed; a retry without it shows whether
-			// the peer itself is unreachable): let the kernel pick again,
-			// as wireguard-go's own bind does when routes change.
-			if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EADDRNOTAVAIL) || errors.Is(err, unix.ENODEV) || errors.Is(err, unix.ENETUNREACH) {
-				e.ClearSrc()
-				bufs = bufs[s.bufsSent():]
-				continue
-			}
-			return fmt.Errorf("sending udp to %s from %s: %w", e.dst, src, err)
-		}
 		return fmt.Errorf("sending udp to %s: %w", e.dst, err)
 	}
 }
@@ -225,7 +213,6 @@ func (s *sendState) grow(n int) {
 func (s *sendState) pack(bufs [][]byte, e *endpoint, gso bool) {
 	s.to = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: e.dst.Addr().As4()}
 	binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&s.to.Port))[:], e.dst.Port())
-	src, ifindex := e.source()
 	s.next, s.count = 0, 0
 	for i := 0; i < len(bufs); {
 		seg := len(bufs[i])
@@ -245,14 +232,6 @@ func (s *sendState) pack(bufs [][]byte, e *endpoint, gso bool) {
 		if j-i > 1 {
 			d, space := putCmsg(c, unix.SOL_UDP, unix.UDP_SEGMENT, 2)
 			binary.NativeEndian.PutUint16(d, uint16(seg))
-			l += space
-		}
-		if src.IsValid() {
-			d, space := putCmsg(c[l:], unix.IPPROTO_IP, unix.IP_PKTINFO, unix.SizeofInet4Pktinfo)
-			binary.NativeEndian.PutUint32(d, uint32(ifindex))
-			a := src.As4()
-			copy(d[4:], a[:]) // ipi_spec_dst: the source; ipi_addr is ignored on send
-			clear(d[8:])
 			l += space
 		}
 		h := &s.hdrs[s.count].Hdr
@@ -316,9 +295,12 @@ func (s *sendState) bufsSent() int {
 }
 
 // endpoint is a peer's address and, from its datagram, the local address
-// and interface the datagram arrived on: the sticky source that replies
-// leave from. Only ClearSrc changes it, so the receiver hands out one
-// value for every datagram from a sender, and Sends read it unlocked.
+// and interface the datagram arrived on (SrcIP, for wireguard-go's logs).
+// Replies leave from the address the kernel picks, as on udp overlays:
+// pinning them to this source (IP_PKTINFO on send, as StdNetBind does) was
+// seen to lose first handshakes between hosts in the multi-host tests, for
+// reasons not found yet. Only ClearSrc changes an endpoint, so the
+// receiver hands out one value for every datagram from a sender.
 type endpoint struct {
 	dst     netip.AddrPort
 	src     netip.Addr // invalid: none, the kernel picks

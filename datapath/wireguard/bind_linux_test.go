@@ -237,7 +237,7 @@ func TestBindEndpoints(t *testing.T) {
 	if want, _ := a.addr.MarshalBinary(); !bytes.Equal(from.DstToBytes(), want) {
 		t.Fatalf("DstToBytes %x, want %x", from.DstToBytes(), want)
 	}
-	// A reply leaves from the sticky source and reaches the sender.
+	// A reply to that endpoint reaches the sender.
 	if err := b.b.Send([][]byte{[]byte("hi back")}, from); err != nil {
 		t.Fatal(err)
 	}
@@ -279,22 +279,6 @@ func TestBindEndpoints(t *testing.T) {
 	}
 	if err := a.b.Send([][]byte{{1}}, &conn.StdNetEndpoint{AddrPort: b.addr}); !errors.Is(err, conn.ErrWrongEndpointType) {
 		t.Errorf("Send to a foreign endpoint: %v", err)
-	}
-}
-
-// A sticky source that is no longer this host's (an address gone with a
-// new lease) is dropped and the datagram still leaves.
-func TestBindStaleSourceIsDropped(t *testing.T) {
-	a, b := newLoopHost(t), newLoopHost(t)
-	stale := &endpoint{dst: b.addr, src: netip.MustParseAddr("192.0.2.1"), ifindex: 1}
-	if err := a.b.Send([][]byte{[]byte("after the lease changed")}, stale); err != nil {
-		t.Fatal(err)
-	}
-	if got, _ := b.receive(t, 1); string(got[0]) != "after the lease changed" {
-		t.Fatalf("got %q", got[0])
-	}
-	if stale.SrcIP().IsValid() {
-		t.Fatalf("the stale source %v is still used", stale.SrcIP())
 	}
 }
 
