@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 
 	"github.com/twill-net/twill/internal/csum"
+	"github.com/twill-net/twill/internal/tundev"
 )
 
 // maxRunSegments bounds one coalesced TUN write (iovecs per writev).
@@ -37,30 +38,12 @@ func newCoalescer(write func([][]byte)) *coalescer {
 }
 
 // coalescable reports whether d (a valid IPv4 packet) is a plain TCP data
-// segment: no IP options or fragments, flags ACK or ACK|PSH, some payload.
-func coalescable(d []byte) (hl int, ok bool) {
-	if d[0] != 0x45 || d[9] != protoTCP || len(d) < ipv4MinHeader+tcpMinHeader {
-		return 0, false
-	}
-	if binary.BigEndian.Uint16(d[6:8])&0x3fff != 0 { // MF or a fragment offset
-		return 0, false
-	}
-	thl := int(d[ipv4MinHeader+12]>>4) * 4
-	hl = ipv4MinHeader + thl
-	if thl < tcpMinHeader || len(d) <= hl {
-		return 0, false
-	}
-	if d[ipv4MinHeader+13]&^tcpFlagPSH != tcpFlagACK {
-		return 0, false
-	}
-	return hl, true
-}
 
 // add takes d into the current run or starts a new one (flushing the old).
 // It returns false when d cannot be coalesced at all; the caller then
 // flushes and writes d by itself, keeping the order.
 func (c *coalescer) add(d []byte) bool {
-	hl, ok := coalescable(d)
+	hl, ok := tundev.Coalescable(d)
 	if !ok {
 		return false
 	}

@@ -27,7 +27,6 @@ const (
 
 	tcpFIN = 0x01
 	tcpPSH = 0x08
-	tcpACK = 0x10
 	tcpCWR = 0x80
 
 	// maxRun bounds the segments one coalesced TUN write gathers.
@@ -67,12 +66,12 @@ type tunnel struct {
 	scratch []byte // a packet gathered back together
 	// pending is a gathered super-packet of more segments than the last
 	// Read had buffers for: segments pendNext on go to the next Reads.
-	pending                   []byte
-	pendMSS, pendHL, pendNext int
-	rn                        int
-	rerr                      syscall.Errno
-	block                     bool
-	readFn                    func(fd uintptr) bool
+	pending           []byte
+	pendMSS, pendNext int
+	rn                int
+	rerr              syscall.Errno
+	block             bool
+	readFn            func(fd uintptr) bool
 
 	// Write state: every peer's receiver writes, so one at a time.
 	wmu     sync.Mutex
@@ -174,7 +173,7 @@ func (t *tunnel) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 func (t *tunnel) splitPending(bufs [][]byte, sizes []int, offset int) int {
 	n := t.split(t.pending, t.pendMSS, t.pendNext, bufs, sizes, offset)
 	t.pendNext += n
-	if t.pendNext*t.pendMSS >= len(t.pending)-t.pendHL {
+	if _, hl, _ := tcpHeaderLen(t.pending); t.pendNext*t.pendMSS >= len(t.pending)-hl {
 		t.pending = nil
 	}
 	return n
@@ -265,7 +264,7 @@ func (t *tunnel) readPacket(bufs [][]byte, sizes []int, offset int, block bool) 
 		if phl+gsoSize <= maxLayout {
 			t.hl, t.mss = phl, gsoSize
 		}
-		t.pending, t.pendMSS, t.pendHL, t.pendNext = t.gather(plen), gsoSize, phl, 0
+		t.pending, t.pendMSS, t.pendNext = t.gather(plen), gsoSize, 0
 		return t.splitPending(bufs, sizes, offset), true, nil
 	}
 	copy(t.hdr[:phl], slots[0][:phl])
@@ -407,7 +406,7 @@ func (t *tunnel) Write(bufs [][]byte, offset int) (int, error) {
 	}
 	for i, b := range bufs {
 		pkt := b[offset:]
-		hl, ok := coalescable(pkt)
+		hl, ok := tundev.Coalescable(pkt)
 		if run > 0 && ok && r.fits(bufs[start][offset:], pkt, hl) {
 			r.add(pkt, hl)
 			run++
@@ -474,21 +473,6 @@ func (r *runState) fits(first, pkt []byte, hl int) bool {
 }
 
 // coalescable reports whether pkt is a plain TCP data segment: no IP
-// options or fragments, flags ACK or ACK|PSH, some payload.
-func coalescable(pkt []byte) (hl int, ok bool) {
-	if len(pkt) < ipv4Header+tcpHeader || pkt[0] != 0x45 || pkt[9] != protoTCP {
-		return 0, false
-	}
-	if binary.BigEndian.Uint16(pkt[6:8])&0x3fff != 0 { // MF or a fragment offset
-		return 0, false
-	}
-	thl := int(pkt[ipv4Header+12]>>4) * 4
-	hl = ipv4Header + thl
-	if thl < tcpHeader || len(pkt) <= hl || pkt[ipv4Header+13]&^tcpPSH != tcpACK {
-		return 0, false
-	}
-	return hl, true
-}
 
 // writeRun writes a run as one GSO packet: the first packet's header fixed
 // up for the whole, then every payload in place.

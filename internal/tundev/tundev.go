@@ -5,6 +5,7 @@
 package tundev
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -78,4 +79,23 @@ func Create(name string, vnet bool, offloads int) (Device, error) {
 		return Device{}, fmt.Errorf("tun %s: %w", name, err)
 	}
 	return Device{Name: ifr.Name(), File: f, RC: rc}, nil
+}
+
+// Coalescable reports whether pkt is an IPv4 TCP data segment a GSO write
+// to the TUN may merge with its neighbours: no IP options or fragments,
+// flags ACK or ACK|PSH, some payload. hl is its IPv4+TCP header length.
+func Coalescable(pkt []byte) (hl int, ok bool) {
+	const ipv4, tcp, flagPSH, flagACK = 20, 20, 0x08, 0x10
+	if len(pkt) < ipv4+tcp || pkt[0] != 0x45 || pkt[9] != 6 {
+		return 0, false
+	}
+	if binary.BigEndian.Uint16(pkt[6:8])&0x3fff != 0 { // MF or a fragment offset
+		return 0, false
+	}
+	thl := int(pkt[ipv4+12]>>4) * 4
+	hl = ipv4 + thl
+	if thl < tcp || len(pkt) <= hl || pkt[ipv4+13]&^flagPSH != flagACK {
+		return 0, false
+	}
+	return hl, true
 }
