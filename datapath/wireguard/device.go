@@ -72,9 +72,10 @@ type Device struct {
 	peers  map[netip.Prefix]Peer // by subnet, as the leases say
 	closed bool
 	// introduceUntil ends the start-up window in which new peers get a
-	// handshake at once (see introduceLocked); timers are those pending.
+	// handshake at once (see introduceLocked); greetings are the delayed
+	// introductions pending, by peer key.
 	introduceUntil time.Time
-	timers         []*time.Timer
+	greetings      map[Key]*time.Timer
 }
 
 // introduceFor is how long after its start a device introduces itself to
@@ -110,7 +111,7 @@ func New(cfg Config, t tun.Device, bind conn.Bind) (*Device, error) {
 		Verbosef: func(string, ...any) {},
 		Errorf:   func(format string, args ...any) { log.Debug("wireguard: " + fmt.Sprintf(format, args...)) },
 	}
-	d := &Device{cfg: cfg, log: log, tun: f, name: name, peers: map[netip.Prefix]Peer{}, introduceUntil: time.Now().Add(introduceFor)}
+	d := &Device{cfg: cfg, log: log, tun: f, name: name, peers: map[netip.Prefix]Peer{}, greetings: map[Key]*time.Timer{}, introduceUntil: time.Now().Add(introduceFor)}
 	d.wg = device.NewDevice(f, bind, wlog)
 	if err := d.wg.IpcSet(fmt.Sprintf("private_key=%s\nlisten_port=%d\n", cfg.PrivateKey.hex(), cfg.Backend.ListenPort)); err != nil {
 		d.wg.Close()
@@ -162,7 +163,17 @@ func (d *Device) SetPeer(p Peer) error {
 	if psk := d.cfg.Backend.PSK; psk != nil {
 		fmt.Fprintf(&b, "preshared_key=%s\n", psk.hex())
 	}
-	fmt.Fprintf(&b, "persistent_keepalive_interval=%d\n", int(d.cfg.Backend.PersistentKeepalive/time.Second))
+	fresh := !had || old.PublicKey != p.PublicKey
+	waits := fresh && d.waitsFor(p.PublicKey)
+	if fresh {
+		// Turning the keepalive on sends one at once, and with it a
+		// handshake initiation: the host that waits turns it on later.
+		pka := d.keepalive()
+		if waits {
+			pka = 0
+		}
+		fmt.Fprintf(&b, "persistent_keepalive_interval=%d\n", pka)
+	}
 	d.allowedLocked(&b, p.PublicKey)
 	if err := d.wg.IpcSet(b.String()); err != nil {
 		if had {
@@ -172,35 +183,73 @@ func (d *Device) SetPeer(p Peer) error {
 		}
 		return fmt.Errorf("wireguard peer %s (%s at %s): %w", p.Subnet, p.PublicKey, p.Endpoint, err)
 	}
-	if (!had || old.PublicKey != p.PublicKey) && time.Now().Before(d.introduceUntil) {
-		d.introduceLocked(p.PublicKey)
+	if fresh {
+		d.introduceLocked(p.PublicKey, waits)
 	}
 	return nil
 }
 
-// introduceLocked sends a handshake initiation to the peer with key soon.
-// A device that just started introduces itself to each peer at once rather
-// than with the first packet: a host that restarted (its sessions gone) is
-// then reachable before its peers' stale sessions time out (15 s), and a
-// joining host completes the handshakes its peers sent before its device
-// was listening (WireGuard retries those after 5 s). Two initiations that
-// cross make both wait those 5 s, so when both ends introduce themselves
-// the one with the lower public key waits a second. d.mu held.
-func (d *Device) introduceLocked(key Key) {
-	delay := time.Duration(0)
-	if pub := d.cfg.PrivateKey.Public(); bytes.Compare(pub[:], key[:]) < 0 {
-		delay = time.Second
+// keepalive is the overlay's PersistentKeepaliveInterval in wireguard-go's
+// whole seconds; 0 is off.
+func (d *Device) keepalive() int { return int(d.cfg.Backend.PersistentKeepalive / time.Second) }
+
+// waitsFor reports whether this host lets the peer with key speak first:
+// the one with the lower public key waits.
+func (d *Device) waitsFor(key Key) bool {
+	pub := d.cfg.PrivateKey.Public()
+	return bytes.Compare(pub[:], key[:]) < 0
+}
+
+// introduceLocked starts the first handshake with the new peer key rather
+// than leaving it to the first packet, in two cases: a device that just
+// started introduces itself to each peer (a host that restarted, its
+// sessions gone, is then reachable before its peers' stale sessions time
+// out (15 s), and a joining host completes the handshakes its peers sent
+// before its device was listening, which WireGuard retries only after
+// 5 s); and with a persistent keepalive, turning it on sends one at once.
+// Two initiations that cross make both ends wait those 5 s, so of two
+// hosts that learn of each other together, the one with the lower public
+// key (waits) speaks a second later: by then it has the other's
+// handshake, or it starts one the other, not yet listening for it, will
+// answer. d.mu held.
+func (d *Device) introduceLocked(key Key, waits bool) {
+	greet := time.Now().Before(d.introduceUntil)
+	pka := d.keepalive()
+	if !waits {
+		if pka == 0 && greet { // else wireguard-go sent a keepalive already
+			d.initiateLocked(key)
+		}
+		return
 	}
-	d.timers = append(d.timers, time.AfterFunc(delay, func() {
+	if pka == 0 && !greet {
+		return
+	}
+	if t := d.greetings[key]; t != nil {
+		t.Stop()
+	}
+	d.greetings[key] = time.AfterFunc(time.Second, func() {
 		d.mu.Lock()
 		defer d.mu.Unlock()
+		delete(d.greetings, key)
 		if d.closed || !d.keyUsedLocked(key) {
 			return
 		}
-		if peer := d.wg.LookupPeer(device.NoisePublicKey(key)); peer != nil {
-			peer.SendHandshakeInitiation(false) // best effort: a lost one is retried
+		if pka == 0 {
+			d.initiateLocked(key)
+			return
 		}
-	}))
+		if err := d.wg.IpcSet(fmt.Sprintf("public_key=%s\nupdate_only=true\npersistent_keepalive_interval=%d\n", key.hex(), pka)); err != nil {
+			d.log.Warn("wireguard peer: turning its keepalive on", "public_key", key.String(), "err", err)
+		}
+	})
+}
+
+// initiateLocked sends a handshake initiation to the peer with key, best
+// effort: a lost one is retried. d.mu held.
+func (d *Device) initiateLocked(key Key) {
+	if peer := d.wg.LookupPeer(device.NoisePublicKey(key)); peer != nil {
+		peer.SendHandshakeInitiation(false)
+	}
 }
 
 // RemovePeer removes the host holding sn; an unknown subnet is success.
@@ -340,7 +389,7 @@ func (d *Device) Close() error {
 		return nil
 	}
 	d.closed = true
-	for _, t := range d.timers {
+	for _, t := range d.greetings {
 		t.Stop()
 	}
 	d.mu.Unlock()

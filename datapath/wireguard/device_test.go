@@ -22,7 +22,11 @@ type pair struct {
 
 var overlay = netip.MustParsePrefix("10.97.0.0/16")
 
-func newPair(t *testing.T, be Backend) *pair {
+func newPair(t *testing.T, be Backend) *pair { return newPairIntroduced(t, be, false) }
+
+// newPairIntroduced is newPair whose devices, with introduce, are as fresh
+// as a host's that just started: each introduces itself to the other.
+func newPairIntroduced(t *testing.T, be Backend, introduce bool) *pair {
 	t.Helper()
 	p := &pair{subs: [2]netip.Prefix{netip.MustParsePrefix("10.97.1.0/24"), netip.MustParsePrefix("10.97.2.0/24")}}
 	binds := bindtest.NewChannelBinds()
@@ -38,7 +42,9 @@ func newPair(t *testing.T, be Backend) *pair {
 		if err != nil {
 			t.Fatal(err)
 		}
-		d.introduceUntil = time.Time{} // two fresh devices would cross their introductions
+		if !introduce {
+			d.introduceUntil = time.Time{} // the first packet starts the handshake
+		}
 		p.devs[i] = d
 		t.Cleanup(func() { d.Close() })
 	}
@@ -214,5 +220,31 @@ func TestNewDeviceIntroducesItself(t *testing.T) {
 			t.Fatalf("no handshake without traffic: %+v / %+v", a, b)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestIntroductionsDoNotCross: two hosts that learn of each other at once
+// must not both send a handshake initiation (crossed, both wait 5 s for the
+// retry), with or without a keepalive (turning one on sends a keepalive, and
+// with it an initiation, at once).
+func TestIntroductionsDoNotCross(t *testing.T) {
+	for _, be := range []Backend{{}, {PersistentKeepalive: 25 * time.Second}} {
+		for range 5 {
+			p := newPairIntroduced(t, be, true)
+			deadline := time.Now().Add(3 * time.Second)
+			for {
+				a, b := p.devs[0].Stats().Peers, p.devs[1].Stats().Peers
+				if !a[0].LastHandshake.IsZero() && !b[0].LastHandshake.IsZero() {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("keepalive %v: no handshake within 3 s (crossed initiations?): %+v / %+v", be.PersistentKeepalive, a, b)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			for i := range 2 {
+				p.devs[i].Close()
+			}
+		}
 	}
 }
