@@ -105,35 +105,13 @@ func segmentTCPv4(pkt []byte, mss int, hdrs []byte, bufs [][]byte) (n, segLen in
 	if n > maxSegments || n*maxHeader > len(hdrs) || 2*n > len(bufs) {
 		return 0, 0, reasonMalformed
 	}
-	thl := hl - ihl
-	id0 := binary.BigEndian.Uint16(pkt[4:6])
-	seq0 := binary.BigEndian.Uint32(pkt[ihl+4 : ihl+8])
-	flags := pkt[ihl+13]
 	for i := 0; i < n; i++ {
 		h := hdrs[i*maxHeader : i*maxHeader+hl]
-		copy(h, pkt[:hl])
 		p := payload[i*mss:]
 		if len(p) > mss {
 			p = p[:mss]
 		}
-		binary.BigEndian.PutUint16(h[2:4], uint16(hl+len(p)))
-		binary.BigEndian.PutUint16(h[4:6], id0+uint16(i))
-		csum.SetIPv4(h[:ihl])
-		t := h[ihl:]
-		binary.BigEndian.PutUint32(t[4:8], seq0+uint32(i*mss))
-		f := flags
-		if i > 0 {
-			f &^= tcpFlagCWR // the kernel sets CWR on the first segment only
-		}
-		if i < n-1 {
-			f &^= tcpFlagFIN | tcpFlagPSH
-		}
-		t[13] = f
-		t[16], t[17] = 0, 0
-		s := csum.Pseudo(h, protoTCP, thl+len(p))
-		s = csum.Add(t, s)
-		s = csum.Add(p, s)
-		binary.BigEndian.PutUint16(t[16:18], ^csum.Fold(s))
+		tundev.Segment(h, pkt[:hl], ihl, p, i, n-1, mss)
 		bufs[2*i] = h
 		bufs[2*i+1] = p
 	}

@@ -25,9 +25,7 @@ const (
 	maxHeader  = 60 + 60
 	protoTCP   = 6
 
-	tcpFIN = 0x01
 	tcpPSH = 0x08
-	tcpCWR = 0x80
 
 	// maxRun bounds the segments one coalesced TUN write gathers.
 	maxRun = conn.IdealBatchSize
@@ -306,31 +304,12 @@ func (t *tunnel) split(pkt []byte, mss, first int, bufs [][]byte, sizes []int, o
 // way the kernel's TSO would: total length, IP id + i, seq + i*mss, FIN
 // and PSH on the last segment only, CWR on the first only, checksums.
 func (t *tunnel) segment(ihl, hl, mss, payload, first, n int, bufs [][]byte, sizes []int, offset int) {
-	h := t.hdr[:hl]
-	id0 := binary.BigEndian.Uint16(h[4:6])
-	seq0 := binary.BigEndian.Uint32(h[ihl+4 : ihl+8])
-	flags := h[ihl+13]
 	last := (payload+mss-1)/mss - 1
 	for j := range n {
 		i := first + j
 		p := min(mss, payload-i*mss)
 		s := bufs[j][offset : offset+hl+p]
-		copy(s[:hl], h)
-		binary.BigEndian.PutUint16(s[2:4], uint16(hl+p))
-		binary.BigEndian.PutUint16(s[4:6], id0+uint16(i))
-		csum.SetIPv4(s[:ihl])
-		tcp := s[ihl:]
-		binary.BigEndian.PutUint32(tcp[4:8], seq0+uint32(i*mss))
-		f := flags
-		if i > 0 {
-			f &^= tcpCWR
-		}
-		if i < last {
-			f &^= tcpFIN | tcpPSH
-		}
-		tcp[13] = f
-		tcp[16], tcp[17] = 0, 0
-		binary.BigEndian.PutUint16(tcp[16:18], ^csum.Fold(csum.Add(tcp, csum.Pseudo(s, protoTCP, len(tcp)))))
+		tundev.Segment(s[:hl], t.hdr[:hl], ihl, s[hl:], i, last, mss)
 		sizes[j] = hl + p
 	}
 }

@@ -1,7 +1,8 @@
 // Package tundev creates the Linux TUN devices the datapaths forward
 // through: a non-blocking fd parked in Go's netpoller (so Close wakes a
 // pending read), optionally with the virtio_net_hdr before every packet and
-// the kernel's TCP segmentation and checksum offloads.
+// the kernel's TCP segmentation and checksum offloads; and it splits and
+// merges the TCP segments those offloads hand over and take.
 package tundev
 
 import (
@@ -12,6 +13,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/twill-net/twill/internal/csum"
 )
 
 // The virtio_net_hdr that precedes every packet on a TUN opened with vnet
@@ -85,7 +88,7 @@ func Create(name string, vnet bool, offloads int) (Device, error) {
 // to the TUN may merge with its neighbours: no IP options or fragments,
 // flags ACK or ACK|PSH, some payload. hl is its IPv4+TCP header length.
 func Coalescable(pkt []byte) (hl int, ok bool) {
-	const ipv4, tcp, flagPSH, flagACK = 20, 20, 0x08, 0x10
+	const ipv4, tcp = 20, 20
 	if len(pkt) < ipv4+tcp || pkt[0] != 0x45 || pkt[9] != 6 {
 		return 0, false
 	}
@@ -98,4 +101,40 @@ func Coalescable(pkt []byte) (hl int, ok bool) {
 		return 0, false
 	}
 	return hl, true
+}
+
+// TCP flags Segment and Coalescable look at.
+const (
+	flagFIN = 0x01
+	flagPSH = 0x08
+	flagACK = 0x10
+	flagCWR = 0x80
+)
+
+// Segment writes into h the IPv4 and TCP headers of segment i of a TSO
+// super-packet, as the kernel would: tmpl is the super-packet's headers
+// (ihl bytes of IPv4, then TCP; h is as long), p segment i's payload, mss
+// the payload of every segment before it and last the index of the last
+// one. The IPv4 ID and the sequence number count on, CWR stays on the
+// first segment and FIN and PSH on the last, and both checksums are
+// complete (the TCP one over h and p).
+func Segment(h, tmpl []byte, ihl int, p []byte, i, last, mss int) {
+	copy(h, tmpl)
+	binary.BigEndian.PutUint16(h[2:4], uint16(len(tmpl)+len(p)))
+	binary.BigEndian.PutUint16(h[4:6], binary.BigEndian.Uint16(tmpl[4:6])+uint16(i))
+	csum.SetIPv4(h[:ihl])
+	t := h[ihl:]
+	binary.BigEndian.PutUint32(t[4:8], binary.BigEndian.Uint32(tmpl[ihl+4:ihl+8])+uint32(i*mss))
+	f := tmpl[ihl+13]
+	if i > 0 {
+		f &^= flagCWR
+	}
+	if i < last {
+		f &^= flagFIN | flagPSH
+	}
+	t[13] = f
+	t[16], t[17] = 0, 0
+	s := csum.Pseudo(h, unix.IPPROTO_TCP, len(t)+len(p))
+	s = csum.Add(p, csum.Add(t, s)) // t's length is a multiple of 4
+	binary.BigEndian.PutUint16(t[16:18], ^csum.Fold(s))
 }
