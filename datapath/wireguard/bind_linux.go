@@ -49,6 +49,8 @@ type udpBind struct {
 	conn *net.UDPConn // nil: closed
 	rc   syscall.RawConn
 	gso  bool // the socket takes UDP_SEGMENT
+
+	backlog *backlog // told of every packet sent; nil: none
 }
 
 var (
@@ -160,6 +162,7 @@ func (b *udpBind) Send(bufs [][]byte, ep conn.Endpoint) error {
 		return fmt.Errorf("sending udp to %s: %w", e.dst, net.ErrClosed)
 	}
 	gso = gso && !b.noGSO.Load()
+	defer b.backlog.sent(len(bufs))
 	s := b.sends.Get().(*sendState)
 	defer b.sends.Put(s)
 	s.grow(len(bufs))

@@ -68,9 +68,14 @@ func Open(cfg Config, mtu int) (*Device, error) {
 		t.Close()
 		return nil, fmt.Errorf("tun %s: %w", name, err)
 	}
-	var bind conn.Bind = newUDPBind()
-	if cfg.CopyingIO {
-		bind = conn.NewStdNetBind()
+	var bind conn.Bind = conn.NewStdNetBind()
+	if !cfg.CopyingIO {
+		ub := newUDPBind()
+		if tt != nil {
+			tt.backlog = newBacklog(backlogLimit, time.Millisecond)
+			ub.backlog = tt.backlog
+		}
+		bind = ub
 	}
 	return New(cfg, t, bind)
 }

@@ -79,6 +79,7 @@ type tunnel struct {
 	writeFn func(fd uintptr) bool
 
 	malformed atomic.Uint64
+	backlog   *backlog // nil: unbounded
 }
 
 // openTunnel creates the TUN name with mtu and TSO/checksum offload; the
@@ -150,10 +151,14 @@ func (t *tunnel) doRead(fd uintptr) bool {
 // Packets that cannot be used are counted and skipped, never an error: an
 // error stops wireguard-go's device.
 func (t *tunnel) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	t.backlog.admit()
 	if t.pending != nil {
-		return t.splitPending(bufs, sizes, offset), nil
+		n := t.splitPending(bufs, sizes, offset)
+		t.backlog.read(n)
+		return n, nil
 	}
 	n := 0
+	defer func() { t.backlog.read(n) }()
 	for len(bufs)-n >= t.room() || n == 0 {
 		got, more, err := t.readPacket(bufs[n:], sizes[n:], offset, n == 0)
 		n += got
