@@ -50,7 +50,9 @@ type udpBind struct {
 	rc   syscall.RawConn
 	gso  bool // the socket takes UDP_SEGMENT
 
-	backlog *backlog // told of every packet sent; nil: none
+	// out is told of every packet sent, in of every packet received
+	// (the TUN's Read and Write count the other ends); nil: none.
+	out, in *backlog
 }
 
 var (
@@ -103,6 +105,7 @@ func (b *udpBind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 	b.conn, b.rc, b.gso = uc, rc, gso
 	actual := uint16(uc.LocalAddr().(*net.UDPAddr).Port)
 	r := newReceiver(rc, gro, "udp port "+strconv.Itoa(int(actual)))
+	r.backlog = b.in
 	return []conn.ReceiveFunc{r.receive}, actual, nil
 }
 
@@ -162,7 +165,7 @@ func (b *udpBind) Send(bufs [][]byte, ep conn.Endpoint) error {
 		return fmt.Errorf("sending udp to %s: %w", e.dst, net.ErrClosed)
 	}
 	gso = gso && !b.noGSO.Load()
-	defer b.backlog.sent(len(bufs))
+	defer b.out.sent(len(bufs))
 	s := b.sends.Get().(*sendState)
 	defer b.sends.Put(s)
 	s.grow(len(bufs))
@@ -360,6 +363,7 @@ type receiver struct {
 
 	scratch []byte // repairs; allocated by the first
 	eps     map[epKey]*endpoint
+	backlog *backlog // received, not yet written to the TUN; nil: unbounded
 }
 
 // epKey is a sender and the local address and interface it reached.
@@ -383,7 +387,9 @@ func (r *receiver) receive(packets [][]byte, sizes []int, eps []conn.Endpoint) (
 	if r.gro {
 		need = maxSegments
 	}
+	r.backlog.admit()
 	n := 0
+	defer func() { r.backlog.read(n) }()
 	for n == 0 || len(packets)-n >= need {
 		r.wait = n == 0
 		r.scatter(packets[n:min(len(packets), n+need)])

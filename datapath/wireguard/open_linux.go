@@ -72,8 +72,9 @@ func Open(cfg Config, mtu int) (*Device, error) {
 	if !cfg.CopyingIO {
 		ub := newUDPBind()
 		if tt != nil {
-			tt.backlog = newBacklog(backlogLimit, time.Millisecond)
-			ub.backlog = tt.backlog
+			tt.out = newBacklog(backlogLimit, time.Millisecond)
+			tt.in = newBacklog(backlogLimit, time.Millisecond)
+			ub.out, ub.in = tt.out, tt.in
 		}
 		bind = ub
 	}

@@ -79,7 +79,9 @@ type tunnel struct {
 	writeFn func(fd uintptr) bool
 
 	malformed atomic.Uint64
-	backlog   *backlog // nil: unbounded
+	// out counts what Read hands wireguard-go until the bind sends it, in
+	// what the bind received until Write delivers it; nil: unbounded.
+	out, in *backlog
 }
 
 // openTunnel creates the TUN name with mtu and TSO/checksum offload; the
@@ -151,14 +153,14 @@ func (t *tunnel) doRead(fd uintptr) bool {
 // Packets that cannot be used are counted and skipped, never an error: an
 // error stops wireguard-go's device.
 func (t *tunnel) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
-	t.backlog.admit()
+	t.out.admit()
 	if t.pending != nil {
 		n := t.splitPending(bufs, sizes, offset)
-		t.backlog.read(n)
+		t.out.read(n)
 		return n, nil
 	}
 	n := 0
-	defer func() { t.backlog.read(n) }()
+	defer func() { t.out.read(n) }()
 	for len(bufs)-n >= t.room() || n == 0 {
 		got, more, err := t.readPacket(bufs[n:], sizes[n:], offset, n == 0)
 		n += got
@@ -372,6 +374,7 @@ func (t *tunnel) Write(bufs [][]byte, offset int) (int, error) {
 	if offset < tundev.VnetHdrLen {
 		return 0, fmt.Errorf("writing tun %s: offset %d leaves no room for the vnet header", t.name, offset)
 	}
+	defer t.in.sent(len(bufs))
 	t.wmu.Lock()
 	defer t.wmu.Unlock()
 	var (
