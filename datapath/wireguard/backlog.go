@@ -5,13 +5,14 @@ import (
 	"time"
 )
 
-// backlog bounds how many packets twill's TUN hands wireguard-go before
-// they leave through twill's UDP bind. Unbounded, a TCP flow faster than
-// the cipher fills wireguard-go's queues with its whole window (4,000 and
-// more 64 KB message buffers at -P 1): each stage then finds its packets
-// long gone from the cache, the process holds ~300 MB, and a ping waits
-// behind the queue. The kernel's queue in front of the TUN takes the
-// excess instead, where TCP's own pacing and the qdisc see it.
+// backlog bounds how many packets wireguard-go holds in one direction:
+// those twill's TUN handed it and twill's bind has not sent yet, or those
+// the bind received and the TUN has not written yet. Unbounded, a TCP flow
+// faster than the cipher fills wireguard-go's queues with its whole window
+// (4,000 and more 64 KB message buffers at -P 1): each stage then finds
+// its packets long gone from the cache and the process holds 300 MB and
+// more. Bounded, the excess waits in the kernel's queues (in front of the
+// TUN, in the socket's buffer), where TCP and the qdisc see it.
 //
 // The count is an estimate: wireguard-go drops some packets it read (no
 // peer, a handshake pending) and sends some it never read (keepalives,
