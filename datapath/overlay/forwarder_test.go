@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/twill-net/twill/internal/csum"
+	"github.com/twill-net/twill/internal/tundev"
 	"go.uber.org/goleak"
 )
 
@@ -339,9 +340,9 @@ func TestOffloadPathMovesSuperPackets(t *testing.T) {
 	const mss = 1420
 	a.tun.Inject(mkTSO("10.96.1.5", "10.96.2.7", 5000, tcpFlagACK|tcpFlagPSH, mss, payload))
 	got := recv(t, b.tun)
-	h := parseVnetHdr(got)
+	h := tundev.ParseVnetHdr(got)
 	pkt := got[vnetHdrLen:]
-	if h.gsoType != vnetGSOTCPv4 || h.gsoSize != mss || h.flags != vnetFlagNeedCsum || h.csumStart != 20 || h.csumOffset != 16 || h.hdrLen != 52 {
+	if h.GSOType != vnetGSOTCPv4 || h.GSOSize != mss || h.Flags != vnetFlagNeedCsum || h.CsumStart != 20 || h.CsumOffset != 16 || h.HdrLen != 52 {
 		t.Fatalf("vnet header %+v", h)
 	}
 	if !bytes.Equal(pkt[52:], payload) {
@@ -367,12 +368,12 @@ func TestOffloadPathMovesSuperPackets(t *testing.T) {
 	ack := mkTCP("10.96.1.5", "10.96.2.7", 9, 9, tcpFlagACK, nil)
 	binary.BigEndian.PutUint16(ack[36:38], csum.Fold(csum.Pseudo(ack, protoTCP, len(ack)-20)))
 	in := make([]byte, vnetHdrLen+len(ack))
-	vnetHdr{flags: vnetFlagNeedCsum, csumStart: 20, csumOffset: 16}.put(in)
+	tundev.VnetHdr{Flags: vnetFlagNeedCsum, CsumStart: 20, CsumOffset: 16}.Put(in)
 	copy(in[vnetHdrLen:], ack)
 	a.tun.Inject(in)
 	got = recv(t, b.tun)
-	if parseVnetHdr(got) != (vnetHdr{}) {
-		t.Fatalf("vnet header on a single packet: %+v", parseVnetHdr(got))
+	if tundev.ParseVnetHdr(got) != (tundev.VnetHdr{}) {
+		t.Fatalf("vnet header on a single packet: %+v", tundev.ParseVnetHdr(got))
 	}
 	checkTCP(t, got[vnetHdrLen:])
 }
@@ -489,7 +490,7 @@ func expectUnreachable(t *testing.T, tun *FakeTUN, vnet bool, offender []byte) {
 	t.Helper()
 	b := recv(t, tun)
 	if vnet {
-		if h := parseVnetHdr(b); h != (vnetHdr{}) {
+		if h := tundev.ParseVnetHdr(b); h != (tundev.VnetHdr{}) {
 			t.Fatalf("ICMP reply with virtio header %+v, want all zero", h)
 		}
 		b = b[vnetHdrLen:]

@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/twill-net/twill/internal/tundev"
 )
 
 // FuzzInbound feeds arbitrary datagrams (optionally as a GRO train) from a
@@ -45,9 +47,9 @@ func FuzzInbound(f *testing.F) {
 				t.Fatalf("a stranger's packet reached the tun")
 			}
 			if vnet {
-				h := parseVnetHdr(p)
+				h := tundev.ParseVnetHdr(p)
 				p = p[vnetHdrLen:]
-				if h.gsoType == vnetGSOTCPv4 && int(h.gsoSize)+int(h.hdrLen) > fw.cfg.MTU {
+				if h.GSOType == vnetGSOTCPv4 && int(h.GSOSize)+int(h.HdrLen) > fw.cfg.MTU {
 					t.Fatalf("merged segments larger than the mtu: %+v", h)
 				}
 			}
@@ -148,7 +150,7 @@ func FuzzSegmentCoalesce(f *testing.F) {
 		var merged []byte
 		c := newCoalescer(func(b [][]byte) {
 			p := b[1:]
-			if len(b) == 2 && parseVnetHdr(b[0]) == (vnetHdr{}) {
+			if len(b) == 2 && tundev.ParseVnetHdr(b[0]) == (tundev.VnetHdr{}) {
 				p = [][]byte{b[1][52:]}
 			} else {
 				p[0] = b[1] // payload of the first segment

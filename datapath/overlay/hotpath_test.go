@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net/netip"
 	"testing"
+
+	"github.com/twill-net/twill/internal/tundev"
 )
 
 // nullTUN and nullConn stand in for the kernel in benchmarks and fuzzing:
@@ -142,16 +144,16 @@ func TestCoalescerRuns(t *testing.T) {
 	}
 	i := 0
 	for k, p := range out {
-		h := parseVnetHdr(p)
+		h := tundev.ParseVnetHdr(p)
 		pkt := p[vnetHdrLen:]
 		if wantSegs[k] == 1 {
-			if h != (vnetHdr{}) || !bytes.Equal(pkt, in[i]) {
+			if h != (tundev.VnetHdr{}) || !bytes.Equal(pkt, in[i]) {
 				t.Fatalf("write %d: not the single packet %d unchanged", k, i)
 			}
 			i++
 			continue
 		}
-		if h.gsoType != vnetGSOTCPv4 || int(h.gsoSize) != len(in[i])-52 {
+		if h.GSOType != vnetGSOTCPv4 || int(h.GSOSize) != len(in[i])-52 {
 			t.Fatalf("write %d: vnet %+v", k, h)
 		}
 		var want []byte
@@ -163,7 +165,7 @@ func TestCoalescerRuns(t *testing.T) {
 		}
 		// The kernel would re-segment it: do the same and check every segment.
 		fixTCPChecksum(pkt) // a complete checksum, so segmentTCPv4's input is a valid packet
-		n, _, r := segmentTCPv4(pkt, int(h.gsoSize), make([]byte, maxSegments*maxHeader), make([][]byte, 2*maxSegments))
+		n, _, r := segmentTCPv4(pkt, int(h.GSOSize), make([]byte, maxSegments*maxHeader), make([][]byte, 2*maxSegments))
 		if r != reasonNone || n != wantSegs[k] {
 			t.Fatalf("write %d: resegmented into %d (%s)", k, n, r)
 		}

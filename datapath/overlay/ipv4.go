@@ -6,23 +6,16 @@ import (
 	"github.com/twill-net/twill/internal/csum"
 )
 
-// IPv4 and TCP field offsets and limits used by the parser, the drop rules,
-// the segmenter and the coalescer. Everything works on []byte in place: the
-// hot path allocates nothing.
+// IPv4 and TCP limits used by the parser, the drop rules and the
+// segmenter. Everything works on []byte in place: the hot path allocates
+// nothing.
 const (
 	ipv4MinHeader = 20
 	ipv4MaxHeader = 60
-	tcpMinHeader  = 20
 	tcpMaxHeader  = 60
 	maxHeader     = ipv4MaxHeader + tcpMaxHeader
 	maxIPPacket   = 65535
-	protoTCP      = 6
 	protoUDP      = 17
-
-	tcpFlagFIN = 0x01
-	tcpFlagPSH = 0x08
-	tcpFlagACK = 0x10
-	tcpFlagCWR = 0x80
 )
 
 // ipv4Header checks that pkt starts with a sane IPv4 header and returns the

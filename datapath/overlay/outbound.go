@@ -1,6 +1,10 @@
 package overlay
 
-import "errors"
+import (
+	"errors"
+
+	"github.com/twill-net/twill/internal/tundev"
+)
 
 // pollBudget caps the packets the inbound loop forwards from the TUN after
 // one batch of writes: the answer those writes caused, not a bulk flow,
@@ -67,17 +71,17 @@ func (o *outbound) poll() {
 
 // handle forwards one packet read from the TUN.
 func (o *outbound) handle(b []byte) {
-	var h vnetHdr
+	var h tundev.VnetHdr
 	pkt := b
 	if o.vnet {
 		if len(b) < vnetHdrLen {
 			o.f.ctr.drop(reasonTruncated, 1)
 			return
 		}
-		h = parseVnetHdr(b)
+		h = tundev.ParseVnetHdr(b)
 		pkt = b[vnetHdrLen:]
 	}
-	gso := h.gsoType&^vnetGSOECN != vnetGSONone
+	gso := h.GSOType&^vnetGSOECN != vnetGSONone
 	ihl, r := ipv4Header(pkt, !gso)
 	if r != reasonNone {
 		o.f.ctr.drop(r, 1)
@@ -97,9 +101,9 @@ func (o *outbound) handle(b []byte) {
 			o.f.ctr.drop(reasonOversize, 1)
 			return
 		}
-		if h.flags&vnetFlagNeedCsum != 0 {
-			if r := completeChecksum(pkt, int(h.csumStart), int(h.csumOffset)); r != reasonNone {
-				o.f.ctr.drop(r, 1)
+		if h.Flags&vnetFlagNeedCsum != 0 {
+			if !tundev.CompleteChecksum(pkt, int(h.CsumStart), int(h.CsumOffset)) {
+				o.f.ctr.drop(reasonMalformed, 1)
 				return
 			}
 		}
@@ -108,11 +112,11 @@ func (o *outbound) handle(b []byte) {
 		o.send(p, o.msgs[:1])
 		return
 	}
-	if h.gsoType&^vnetGSOECN != vnetGSOTCPv4 {
+	if h.GSOType&^vnetGSOECN != vnetGSOTCPv4 {
 		o.f.ctr.drop(reasonMalformed, 1)
 		return
 	}
-	n, segLen, r := segmentTCPv4(pkt, int(h.gsoSize), o.hdrs, o.bufs)
+	n, segLen, r := segmentTCPv4(pkt, int(h.GSOSize), o.hdrs, o.bufs)
 	if r == reasonNone && segLen > o.f.cfg.MTU {
 		r = reasonOversize // the kernel never asks for segments above the MTU
 	}

@@ -6,6 +6,17 @@ import (
 	"testing"
 
 	"github.com/twill-net/twill/internal/csum"
+	"github.com/twill-net/twill/internal/tundev"
+)
+
+// TCP fields the tests build and check packets with.
+const (
+	protoTCP = 6
+
+	tcpFlagFIN = 0x01
+	tcpFlagPSH = 0x08
+	tcpFlagACK = 0x10
+	tcpFlagCWR = 0x80
 )
 
 // Packet builders for tests. Every packet they make carries valid checksums.
@@ -101,7 +112,7 @@ func mkTSO(src, dst string, seq uint32, flags uint8, mss int, payload []byte) []
 	p := mkTCP(src, dst, seq, 777, flags, payload)
 	binary.BigEndian.PutUint16(p[20+16:], csum.Fold(csum.Pseudo(p, protoTCP, len(p)-20)))
 	b := make([]byte, vnetHdrLen+len(p))
-	vnetHdr{flags: vnetFlagNeedCsum, gsoType: vnetGSOTCPv4, hdrLen: 52, gsoSize: uint16(mss), csumStart: 20, csumOffset: 16}.put(b)
+	tundev.VnetHdr{Flags: vnetFlagNeedCsum, GSOType: vnetGSOTCPv4, HdrLen: 52, GSOSize: uint16(mss), CsumStart: 20, CsumOffset: 16}.Put(b)
 	copy(b[vnetHdrLen:], p)
 	return b
 }

@@ -79,7 +79,7 @@ func createTUN(name string, vnet bool) (*tunDevice, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &tunDevice{name: d.Name, file: d.File, rc: d.RC, vnet: vnet, wiov: make([]unix.Iovec, 1+maxRunSegments+1)}
+	t := &tunDevice{name: d.Name, file: d.File, rc: d.RC, vnet: vnet, wiov: make([]unix.Iovec, 1+tundev.MaxRun+1)}
 	t.readFn, t.waitFn = t.doRead, t.ready.check
 	t.writeFn = t.doWrite
 	return t, nil

@@ -56,6 +56,14 @@ func newLoopHost(t *testing.T) *loopHost {
 
 // receive returns the next want messages (their bytes and senders),
 // failing the test if they take over 5 s.
+// send sends msg to ep as one datagram.
+func (h *loopHost) send(t *testing.T, ep conn.Endpoint, msg string) {
+	t.Helper()
+	if err := h.b.Send([][]byte{[]byte(msg)}, ep); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func (h *loopHost) receive(t *testing.T, want int) ([][]byte, []conn.Endpoint) {
 	t.Helper()
 	h.b.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
@@ -223,13 +231,11 @@ func TestBindOpenClose(t *testing.T) {
 
 func TestBindEndpoints(t *testing.T) {
 	a, b := newLoopHost(t), newLoopHost(t)
-	if err := a.b.Send([][]byte{[]byte("hello")}, b.ep); err != nil {
-		t.Fatal(err)
-	}
+	a.send(t, b.ep, "hello")
 	_, eps := b.receive(t, 1)
 	from := eps[0]
 	if from.SrcIP() != loopback || from.SrcToString() != "127.0.0.1" {
-		t.Fatalf("sticky source %v (%q), want 127.0.0.1", from.SrcIP(), from.SrcToString())
+		t.Fatalf("local address %v (%q), want 127.0.0.1", from.SrcIP(), from.SrcToString())
 	}
 	if from.DstIP() != loopback || from.DstToString() != a.addr.String() {
 		t.Fatalf("sender %s, want %s", from.DstToString(), a.addr)
@@ -238,16 +244,12 @@ func TestBindEndpoints(t *testing.T) {
 		t.Fatalf("DstToBytes %x, want %x", from.DstToBytes(), want)
 	}
 	// A reply to that endpoint reaches the sender.
-	if err := b.b.Send([][]byte{[]byte("hi back")}, from); err != nil {
-		t.Fatal(err)
-	}
+	b.send(t, from, "hi back")
 	if got, _ := a.receive(t, 1); string(got[0]) != "hi back" {
 		t.Fatalf("reply %q", got[0])
 	}
 	// The same sender again: the same endpoint, not a new one.
-	if err := a.b.Send([][]byte{[]byte("again")}, b.ep); err != nil {
-		t.Fatal(err)
-	}
+	a.send(t, b.ep, "again")
 	if _, eps := b.receive(t, 1); eps[0] != from {
 		t.Fatal("a second datagram from one sender got a new endpoint")
 	}
@@ -256,15 +258,11 @@ func TestBindEndpoints(t *testing.T) {
 	if from.SrcIP().IsValid() || from.SrcToString() != "" {
 		t.Fatalf("after ClearSrc the source is %v", from.SrcIP())
 	}
-	if err := b.b.Send([][]byte{[]byte("no source")}, from); err != nil {
-		t.Fatal(err)
-	}
+	b.send(t, from, "no source")
 	if got, _ := a.receive(t, 1); string(got[0]) != "no source" {
 		t.Fatalf("reply without a source: %q", got[0])
 	}
-	if err := a.b.Send([][]byte{[]byte("once more")}, b.ep); err != nil {
-		t.Fatal(err)
-	}
+	a.send(t, b.ep, "once more")
 	if _, eps := b.receive(t, 1); eps[0].SrcIP() != loopback {
 		t.Fatalf("after ClearSrc and a datagram the source is %v", eps[0].SrcIP())
 	}

@@ -28,7 +28,7 @@ type filter struct {
 
 	crossOverlay, wrongDest, notIPv4 atomic.Uint64
 
-	wmu     sync.Mutex // every peer's receiver writes
+	wmu     sync.Mutex // every peer's receiver writes; the device behind sees one Write at a time
 	scratch [][]byte   // Write's kept packets
 }
 

@@ -68,17 +68,16 @@ func Open(cfg Config, mtu int) (*Device, error) {
 		t.Close()
 		return nil, fmt.Errorf("tun %s: %w", name, err)
 	}
-	var bind conn.Bind = conn.NewStdNetBind()
-	if !cfg.CopyingIO {
-		ub := newUDPBind()
-		if tt != nil {
-			tt.out = newBacklog(backlogLimit, time.Millisecond)
-			tt.in = newBacklog(backlogLimit, time.Millisecond)
-			ub.out, ub.in = tt.out, tt.in
-		}
-		bind = ub
+	if cfg.CopyingIO {
+		return New(cfg, t, conn.NewStdNetBind())
 	}
-	return New(cfg, t, bind)
+	b := newUDPBind()
+	if tt != nil { // bounded where both ends are twill's
+		tt.out = newBacklog(backlogLimit, time.Millisecond)
+		tt.in = newBacklog(backlogLimit, time.Millisecond)
+		b.out, b.in = tt.out, tt.in
+	}
+	return New(cfg, t, b)
 }
 
 func waitUp(t tun.Device, d time.Duration) error {

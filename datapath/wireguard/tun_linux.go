@@ -1,7 +1,6 @@
 package wireguard
 
 import (
-	"encoding/binary"
 	"fmt"
 	"os"
 	"sync"
@@ -14,7 +13,6 @@ import (
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/tun"
 
-	"github.com/twill-net/twill/internal/csum"
 	"github.com/twill-net/twill/internal/tundev"
 )
 
@@ -23,12 +21,6 @@ const (
 	ipv4Header = 20
 	tcpHeader  = 20
 	maxHeader  = 60 + 60
-	protoTCP   = 6
-
-	tcpPSH = 0x08
-
-	// maxRun bounds the segments one coalesced TUN write gathers.
-	maxRun = conn.IdealBatchSize
 	// maxLayout bounds the header and segment a read expects (9000-byte
 	// jumbo frames fit).
 	maxLayout = 9216
@@ -71,8 +63,8 @@ type tunnel struct {
 	block             bool
 	readFn            func(fd uintptr) bool
 
-	// Write state: every peer's receiver writes, so one at a time.
-	wmu     sync.Mutex
+	// Write state: every peer's receiver writes, one at a time through
+	// the filter New puts in front.
 	wiov    []unix.Iovec
 	wcnt    int
 	werr    syscall.Errno
@@ -94,7 +86,7 @@ func openTunnel(name string, mtu int) (*tunnel, error) {
 	t := &tunnel{
 		name: d.Name, file: d.File, rc: d.RC, events: make(chan tun.Event, 1),
 		hl: ipv4Header + tcpHeader + 12, mss: mtu - ipv4Header - tcpHeader - 12, // TCP with timestamps
-		scratch: make([]byte, maxPacket), wiov: make([]unix.Iovec, 1+maxRun),
+		scratch: make([]byte, maxPacket), wiov: make([]unix.Iovec, 1+tundev.MaxRun),
 	}
 	t.readFn, t.writeFn = t.doRead, t.doWrite
 	// No super-packet of more segments than wireguard-go reads at once.
@@ -178,7 +170,7 @@ func (t *tunnel) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 func (t *tunnel) splitPending(bufs [][]byte, sizes []int, offset int) int {
 	n := t.split(t.pending, t.pendMSS, t.pendNext, bufs, sizes, offset)
 	t.pendNext += n
-	if _, hl, _ := tcpHeaderLen(t.pending); t.pendNext*t.pendMSS >= len(t.pending)-hl {
+	if _, hl, _ := tundev.TCPHeaderLen(t.pending); t.pendNext*t.pendMSS >= len(t.pending)-hl {
 		t.pending = nil
 	}
 	return n
@@ -231,10 +223,8 @@ func (t *tunnel) readPacket(bufs [][]byte, sizes []int, offset int, block bool) 
 		return 0, true, nil
 	}
 	plen := t.rn - tundev.VnetHdrLen
-	h := t.vnet
-
-	gso := h[1] &^ tundev.VnetGSOECN
-	switch gso {
+	h := tundev.ParseVnetHdr(t.vnet[:])
+	switch h.GSOType &^ tundev.VnetGSOECN {
 	case tundev.VnetGSONone:
 		if plen > len(bufs[0])-offset {
 			t.malformed.Add(1)
@@ -244,7 +234,7 @@ func (t *tunnel) readPacket(bufs [][]byte, sizes []int, offset int, block bool) 
 		if plen > len(slots[0]) {
 			copy(pkt, t.gather(plen)) // longer than the expected first segment
 		}
-		if h[0]&tundev.VnetNeedsCsum != 0 && !completeChecksum(pkt, int(binary.LittleEndian.Uint16(h[6:8])), int(binary.LittleEndian.Uint16(h[8:10]))) {
+		if h.Flags&tundev.VnetNeedsCsum != 0 && !tundev.CompleteChecksum(pkt, int(h.CsumStart), int(h.CsumOffset)) {
 			t.malformed.Add(1)
 			return 0, true, nil
 		}
@@ -255,8 +245,8 @@ func (t *tunnel) readPacket(bufs [][]byte, sizes []int, offset int, block bool) 
 		t.malformed.Add(1) // never asked for (TSO6, USO)
 		return 0, true, nil
 	}
-	ihl, phl, ok := tcpHeaderLen(slots[0][:min(plen, len(slots[0]))])
-	gsoSize := int(binary.LittleEndian.Uint16(h[4:6]))
+	ihl, phl, ok := tundev.TCPHeaderLen(slots[0][:min(plen, len(slots[0]))])
+	gsoSize := int(h.GSOSize)
 	if !ok || gsoSize == 0 || plen <= phl || phl+min(gsoSize, plen-phl) > len(bufs[0])-offset {
 		t.malformed.Add(1)
 		return 0, true, nil
@@ -293,7 +283,7 @@ func (t *tunnel) gather(n int) []byte {
 // (header and payload, cut at mss) into bufs, one each, as many as bufs
 // takes, finishes their headers and returns how many it wrote.
 func (t *tunnel) split(pkt []byte, mss, first int, bufs [][]byte, sizes []int, offset int) int {
-	ihl, hl, _ := tcpHeaderLen(pkt)
+	ihl, hl, _ := tundev.TCPHeaderLen(pkt)
 	copy(t.hdr[:hl], pkt[:hl])
 	payload := pkt[hl:]
 	n := min(len(bufs), (len(payload)+mss-1)/mss-first)
@@ -321,37 +311,6 @@ func (t *tunnel) segment(ihl, hl, mss, payload, first, n int, bufs [][]byte, siz
 	}
 }
 
-// completeChecksum finishes the partial checksum the kernel leaves with
-// TUN_F_CSUM: the field at start+off holds the pseudo-header sum.
-func completeChecksum(pkt []byte, start, off int) bool {
-	if start < ipv4Header || start+off+2 > len(pkt) {
-		return false
-	}
-	c := ^csum.Fold(csum.Add(pkt[start:], 0))
-	if c == 0 {
-		c = 0xffff // zero means "no checksum" to UDP; the same to TCP
-	}
-	binary.BigEndian.PutUint16(pkt[start+off:], c)
-	return true
-}
-
-// tcpHeaderLen returns the IPv4 header length and the IPv4+TCP header
-// length of pkt, or false when pkt does not start with both.
-func tcpHeaderLen(pkt []byte) (ihl, hl int, ok bool) {
-	if len(pkt) < ipv4Header+tcpHeader || pkt[0]>>4 != 4 || pkt[9] != protoTCP {
-		return 0, 0, false
-	}
-	ihl = int(pkt[0]&0x0f) * 4
-	if ihl < ipv4Header || len(pkt) < ihl+tcpHeader {
-		return 0, 0, false
-	}
-	thl := int(pkt[ihl+12]>>4) * 4
-	if thl < tcpHeader || len(pkt) < ihl+thl {
-		return 0, 0, false
-	}
-	return ihl, ihl + thl, true
-}
-
 func iovec(b []byte) unix.Iovec {
 	v := unix.Iovec{Base: &b[0]}
 	v.SetLen(len(b))
@@ -375,34 +334,29 @@ func (t *tunnel) Write(bufs [][]byte, offset int) (int, error) {
 		return 0, fmt.Errorf("writing tun %s: offset %d leaves no room for the vnet header", t.name, offset)
 	}
 	defer t.in.sent(len(bufs))
-	t.wmu.Lock()
-	defer t.wmu.Unlock()
 	var (
 		err   error
-		run   = 0 // bufs[start:start+run] are one flow's run
-		start = 0
-		r     runState
+		start = 0 // bufs[start:start+r.Len()] are the run
+		r     tundev.Run
 	)
 	flush := func() {
-		if run > 0 {
-			if werr := t.writeRun(bufs[start:start+run], offset, &r); werr != nil && err == nil {
+		if r.Len() > 0 {
+			if werr := t.writeRun(bufs[start:start+r.Len()], offset, &r); werr != nil && err == nil {
 				err = werr
 			}
 		}
-		run = 0
+		r = tundev.Run{}
 	}
 	for i, b := range bufs {
 		pkt := b[offset:]
 		hl, ok := tundev.Coalescable(pkt)
-		if run > 0 && ok && r.fits(bufs[start][offset:], pkt, hl) {
-			r.add(pkt, hl)
-			run++
+		if ok && r.Add(pkt, hl) {
 			continue
 		}
 		flush()
 		if ok {
-			start, run = i, 1
-			r.begin(pkt, hl)
+			start = i
+			r.Start(pkt, hl)
 			continue
 		}
 		if werr := t.writeOne(b, offset); werr != nil && err == nil {
@@ -416,76 +370,19 @@ func (t *tunnel) Write(bufs [][]byte, offset int) (int, error) {
 	return len(bufs), nil
 }
 
-// runState is what a run of coalesced segments must continue.
-type runState struct {
-	hl, mss, last, total int
-	seq                  uint32
-	psh                  bool
-	n                    int
-}
-
-func (r *runState) begin(pkt []byte, hl int) {
-	p := len(pkt) - hl
-	*r = runState{hl: hl, mss: p, last: p, total: p, n: 1,
-		seq: binary.BigEndian.Uint32(pkt[ipv4Header+4:]) + uint32(p), psh: pkt[ipv4Header+13]&tcpPSH != 0}
-}
-
-func (r *runState) add(pkt []byte, hl int) {
-	p := len(pkt) - hl
-	r.n++
-	r.last = p
-	r.total += p
-	r.seq += uint32(p)
-	r.psh = pkt[ipv4Header+13]&tcpPSH != 0
-}
-
-// fits reports whether pkt continues the run that first started.
-func (r *runState) fits(first, pkt []byte, hl int) bool {
-	p := len(pkt) - hl
-	switch {
-	case r.psh, r.last != r.mss, p > r.mss, hl != r.hl, r.n >= maxRun, r.hl+r.total+p > maxPacket:
-		return false
-	case pkt[1] != first[1], pkt[8] != first[8], pkt[6]&0x40 != first[6]&0x40: // TOS, TTL, DF
-		return false
-	case string(pkt[12:20]) != string(first[12:20]): // addresses
-		return false
-	}
-	t, ft := pkt[ipv4Header:hl], first[ipv4Header:hl]
-	if binary.BigEndian.Uint32(t[4:8]) != r.seq {
-		return false
-	}
-	// Ports, ack, window and options must match; seq, flags and checksum may differ.
-	return string(t[0:4]) == string(ft[0:4]) && string(t[8:12]) == string(ft[8:12]) &&
-		string(t[14:16]) == string(ft[14:16]) && string(t[20:]) == string(ft[20:])
-}
-
-// coalescable reports whether pkt is a plain TCP data segment: no IP
-
 // writeRun writes a run as one GSO packet: the first packet's header fixed
-// up for the whole, then every payload in place.
-func (t *tunnel) writeRun(run [][]byte, offset int, r *runState) error {
+// up for the whole, in place (the vnet header in the offset bytes before
+// it), then every payload in place.
+func (t *tunnel) writeRun(run [][]byte, offset int, r *tundev.Run) error {
 	if len(run) == 1 {
 		return t.writeOne(run[0], offset)
 	}
+	hl := r.HeaderLen()
 	first := run[0][offset-tundev.VnetHdrLen:]
-	ip := first[tundev.VnetHdrLen:]
-	v := first[:tundev.VnetHdrLen]
-	v[0], v[1] = tundev.VnetNeedsCsum, tundev.VnetGSOTCPv4
-	binary.LittleEndian.PutUint16(v[2:4], uint16(r.hl))
-	binary.LittleEndian.PutUint16(v[4:6], uint16(r.mss))
-	binary.LittleEndian.PutUint16(v[6:8], ipv4Header)
-	binary.LittleEndian.PutUint16(v[8:10], 16)
-	binary.BigEndian.PutUint16(ip[2:4], uint16(r.hl+r.total))
-	csum.SetIPv4(ip[:ipv4Header])
-	tcp := ip[ipv4Header:]
-	if r.psh {
-		tcp[13] |= tcpPSH
-	}
-	// With NEEDS_CSUM the kernel wants the folded pseudo-header sum, not inverted.
-	binary.BigEndian.PutUint16(tcp[16:18], csum.Fold(csum.Pseudo(ip, protoTCP, r.hl-ipv4Header+r.total)))
-	t.wiov[0] = iovec(first[:tundev.VnetHdrLen+r.hl+r.mss])
+	r.Header(first[:tundev.VnetHdrLen+hl])
+	t.wiov[0] = iovec(first[:tundev.VnetHdrLen+len(run[0])-offset])
 	for i, b := range run[1:] {
-		t.wiov[1+i] = iovec(b[offset+r.hl:])
+		t.wiov[1+i] = iovec(b[offset+hl:])
 	}
 	return t.writev(len(run))
 }

@@ -19,38 +19,25 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/twill-net/twill/internal/csum/csumtest"
 	"github.com/twill-net/twill/internal/testbed"
 )
 
 // tcpChecksumOK checks an IPv4/TCP packet's header and TCP checksums the
 // slow way (RFC 1071, one word at a time).
 func tcpChecksumOK(p []byte) error {
-	sum := func(b []byte, s uint32) uint16 {
-		for ; len(b) >= 2; b = b[2:] {
-			s += uint32(b[0])<<8 | uint32(b[1])
-		}
-		if len(b) == 1 {
-			s += uint32(b[0]) << 8
-		}
-		for s > 0xffff {
-			s = s>>16 + s&0xffff
-		}
-		return uint16(s)
-	}
 	ihl := int(p[0]&0x0f) * 4
 	if got := binary.BigEndian.Uint16(p[2:4]); int(got) != len(p) {
 		return fmt.Errorf("total length %d, packet %d", got, len(p))
 	}
-	if sum(p[:ihl], 0) != 0xffff {
+	if csumtest.Sum(0, p[:ihl]) != 0xffff {
 		return fmt.Errorf("bad IPv4 header checksum")
 	}
-	if p[9] != protoTCP {
+	if p[9] != unix.IPPROTO_TCP {
 		return nil
 	}
-	ps := uint32(binary.BigEndian.Uint16(p[12:14])) + uint32(binary.BigEndian.Uint16(p[14:16])) +
-		uint32(binary.BigEndian.Uint16(p[16:18])) + uint32(binary.BigEndian.Uint16(p[18:20])) +
-		protoTCP + uint32(len(p)-ihl)
-	if sum(p[ihl:], ps) != 0xffff {
+	ps := uint64(unix.IPPROTO_TCP + len(p) - ihl)
+	if csumtest.Sum(ps, p[12:20], p[ihl:]) != 0xffff {
 		return fmt.Errorf("bad TCP checksum (seq %d, %d bytes)", binary.BigEndian.Uint32(p[ihl+4:]), len(p))
 	}
 	return nil

@@ -4,21 +4,9 @@ import (
 	"bytes"
 	"math/rand/v2"
 	"testing"
-)
 
-// csumReference is RFC 1071's sum, one big-endian 16-bit word at a time.
-func csumReference(b []byte, s uint64) uint16 {
-	for ; len(b) >= 2; b = b[2:] {
-		s += uint64(b[0])<<8 | uint64(b[1])
-	}
-	if len(b) == 1 {
-		s += uint64(b[0]) << 8
-	}
-	for s > 0xffff {
-		s = s>>16 + s&0xffff
-	}
-	return uint16(s)
-}
+	"github.com/twill-net/twill/internal/csum/csumtest"
+)
 
 func TestAddMatchesReference(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
@@ -34,13 +22,13 @@ func TestAddMatchesReference(t *testing.T) {
 		off := r.IntN(len(buf) - n + 1) // odd offsets too: payloads need not be aligned
 		b := buf[off : off+n]
 		s := uint64(r.IntN(1 << 20))
-		if got, want := Fold(Add(b, s)), csumReference(b, s); got != want {
+		if got, want := Fold(Add(b, s)), csumtest.Sum(s, b); got != want {
 			t.Fatalf("len %d off %d start %#x: Add %#04x, reference %#04x", n, off, s, got, want)
 		}
 	}
 	// All ones: the carries of every add matter.
 	ones := bytes.Repeat([]byte{0xff}, 65535)
-	if got, want := Fold(Add(ones, 0xffff_ffff)), csumReference(ones, 0xffff_ffff); got != want {
+	if got, want := Fold(Add(ones, 0xffff_ffff)), csumtest.Sum(0xffff_ffff, ones); got != want {
 		t.Fatalf("all ones: %#04x, reference %#04x", got, want)
 	}
 }

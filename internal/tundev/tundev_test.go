@@ -3,27 +3,9 @@ package tundev
 import (
 	"encoding/binary"
 	"testing"
-)
 
-// sum16 is the Internet checksum the plain way (RFC 1071), to check
-// Segment's against.
-func sum16(parts ...[]byte) uint16 {
-	var b []byte
-	for _, p := range parts {
-		b = append(b, p...)
-	}
-	if len(b)%2 == 1 {
-		b = append(b, 0)
-	}
-	var s uint32
-	for i := 0; i < len(b); i += 2 {
-		s += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	for s > 0xffff {
-		s = s>>16 + s&0xffff
-	}
-	return ^uint16(s)
-}
+	"github.com/twill-net/twill/internal/csum/csumtest"
+)
 
 func TestSegment(t *testing.T) {
 	// A super-packet's headers: IPv4 (ID about to wrap) and TCP with a
@@ -54,7 +36,7 @@ func TestSegment(t *testing.T) {
 		if got, want := binary.BigEndian.Uint16(h[4:]), uint16(0xfffe+i); got != want {
 			t.Errorf("segment %d: IP ID %#x, want %#x", i, got, want)
 		}
-		if sum16(h[:20]) != 0 {
+		if csumtest.Sum(0, h[:20]) != 0xffff {
 			t.Errorf("segment %d: IPv4 header checksum wrong", i)
 		}
 		if got, want := binary.BigEndian.Uint32(h[24:]), uint32(0xfffffc00+i*mss); got != want {
@@ -74,7 +56,7 @@ func TestSegment(t *testing.T) {
 		copy(pseudo, h[12:20])
 		pseudo[9] = 6
 		binary.BigEndian.PutUint16(pseudo[10:], uint16(len(h)-20+len(p)))
-		if sum16(pseudo, h[20:], p) != 0 {
+		if csumtest.Sum(0, pseudo, h[20:], p) != 0xffff {
 			t.Errorf("segment %d: TCP checksum wrong", i)
 		}
 		if string(h[38:]) != string(tmpl[38:]) || string(h[8:10]) != string(tmpl[8:10]) || string(h[12:24]) != string(tmpl[12:24]) {
